@@ -1,0 +1,206 @@
+"""The ``collabvit`` command line: one sub-command per module in ``collabvit.commands``.
+
+Only this layer talks to the terminal: it sets up logging, shows progress
+bars, prints short summaries, and turns a :class:`CollabViTError` into one
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .errors import CollabViTError
+
+__all__ = [
+    "COMMANDS",
+    "add_data_options",
+    "add_model_options",
+    "add_point_options",
+    "load_pair",
+    "main",
+    "point_from_args",
+    "progress_bar",
+]
+
+COMMANDS = ("evaluate", "sweep", "demo", "visualize", "train", "serve", "edge")
+
+logger = logging.getLogger("collabvit")
+
+
+def add_model_options(
+    parser: argparse.ArgumentParser,
+    roles: Sequence[str] = ("edge", "server"),
+    defaults: dict[str, str] | None = None,
+) -> None:
+    """--edge/--server (+ -checkpoint), --random-init, --crop-pct, --device."""
+    defaults = defaults or {}
+    group = parser.add_argument_group("models")
+    for role in roles:
+        group.add_argument(
+            f"--{role}",
+            default=defaults.get(role),
+            required=role not in defaults,
+            metavar="NAME",
+            help=f"{role} model: a timm ViT name, a shipped model (fmnist-tiny, "
+            "fmnist-base) or a model JSON",
+        )
+        group.add_argument(
+            f"--{role}-checkpoint", metavar="PATH", help=f"{role} weights (.pth/.pt/.safetensors)"
+        )
+    group.add_argument(
+        "--random-init",
+        type=int,
+        metavar="SEED",
+        help="randomly initialised weights (models without a checkpoint)",
+    )
+    group.add_argument(
+        "--crop-pct",
+        type=float,
+        metavar="R",
+        help="crop ratio (default 0.875 for timm models, as the DeiT authors)",
+    )
+    group.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+
+
+def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data", required=required, metavar="DIR", help="ImageFolder, or flat folder with --labels"
+    )
+    group.add_argument("--labels", metavar="CSV", help="CSV with file,label columns")
+    group.add_argument("--limit", type=int, metavar="N", help="first N images only")
+    group.add_argument("--batch-size", type=int, default=64, metavar="B")
+
+
+def add_point_options(parser: argparse.ArgumentParser) -> None:
+    """--score --rule --threshold --measure --eta (--include-crossing --seed)."""
+    group = parser.add_argument_group("operating point")
+    group.add_argument("--score", default="mean", choices=("mean", "rollout", "rollout-standard"))
+    group.add_argument(
+        "--rule", default="attention-sum", choices=("top-k", "threshold", "attention-sum", "random")
+    )
+    group.add_argument(
+        "--threshold",
+        type=float,
+        default=0.97,
+        help="k (top-k, random), delta (threshold) or delta_sum (attention-sum)",
+    )
+    group.add_argument(
+        "--measure", default="min-entropy", choices=("min-entropy", "shannon", "margin", "none")
+    )
+    group.add_argument("--eta", type=float, default=0.8, help="gate threshold")
+    group.add_argument(
+        "--include-crossing",
+        action="store_true",
+        help="attention-sum: also keep the patch that crosses delta_sum",
+    )
+    group.add_argument("--seed", type=int, default=0, help="seed of the random rule")
+
+
+def point_from_args(args: argparse.Namespace) -> Any:
+    from .engine import OperatingPoint
+
+    return OperatingPoint(
+        score=args.score,
+        rule=args.rule,
+        threshold=args.threshold,
+        measure=args.measure,
+        eta=args.eta,
+        include_crossing=args.include_crossing,
+        seed=args.seed,
+    )
+
+
+def load_role(args: argparse.Namespace, role: str) -> Any:
+    from .models import load_model
+
+    name = getattr(args, role)
+    checkpoint = getattr(args, f"{role}_checkpoint", None)
+    random_init = args.random_init if checkpoint is None else None
+    return load_model(
+        name,
+        checkpoint=checkpoint,
+        random_init=random_init,
+        crop_pct=args.crop_pct,
+        device=args.device,
+    )
+
+
+def load_pair(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The edge and server models named by :func:`add_model_options` options."""
+    from .engine import check_pair
+
+    edge, server = load_role(args, "edge"), load_role(args, "server")
+    check_pair(edge, server)
+    return edge, server
+
+
+def progress_bar(total: int, desc: str, unit: str = "img") -> Any:
+    """A tqdm bar on stderr (disabled when stderr is not a terminal and CI is quiet)."""
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, mininterval=0.5
+    )
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[..., int | None]]]:
+    parser = argparse.ArgumentParser(
+        prog="collabvit",
+        description="Attention-aware collaborative inference between an edge ViT and a server ViT",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    runners: dict[str, Callable[..., int | None]] = {}
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"collabvit.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"collabvit.commands.{name}":
+                continue  # command not part of this build
+            raise
+        p = sub.add_parser(
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        module.add_arguments(p)
+        runners[name] = module.run
+    return parser, runners
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"collabvit {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, runners = _build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
+    )
+    # third-party chatter stays quiet unless asked for
+    for noisy in ("timm", "httpx", "httpcore", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return int(runners[args.command](args) or 0)
+    except CollabViTError as exc:
+        print(f"collabvit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"collabvit {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per ``collabvit`` sub-command: ``HELP``, ``add_arguments(parser)``, ``run(args)``."""

@@ -1,0 +1,57 @@
+"""Evaluate one operating point of collaborative inference over a dataset.
+
+Writes one CSV row per image (--records) and a JSON summary (--json):
+accuracy, transmit ratio, mean patches, communication cost (paper Sec. VI-A)
+and the server's eq. 9 cost relative to server-only.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..cli import (
+    add_data_options,
+    add_model_options,
+    add_point_options,
+    load_pair,
+    point_from_args,
+    progress_bar,
+)
+
+HELP = "one operating point over a dataset: records CSV + summary JSON"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser)
+    add_data_options(parser)
+    add_point_options(parser)
+    parser.add_argument("--records", metavar="FILE.csv", help="per-image records")
+    parser.add_argument("--json", metavar="FILE.json", help="summary")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import discover
+    from ..engine import evaluate, write_records, write_summary
+
+    point = point_from_args(args)
+    samples, _ = discover(args.data, args.labels, args.limit)
+    edge, server = load_pair(args)
+    with progress_bar(len(samples), "evaluate") as bar:
+        result = evaluate(edge, server, samples, point, args.batch_size, progress=bar.update)
+    if args.records:
+        write_records(result.records, args.records)
+    if args.json:
+        write_summary(result.summary, args.json)
+    s = result.summary
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    print(
+        f"{s['images']} images ({s['skipped_files']} skipped) | edge {pct(s['edge_accuracy'])} "
+        f"-> collaborative {pct(s['accuracy'])} | transmitted {pct(s['transmit_ratio'])}, "
+        f"{s['mean_patches_transmitted']:.1f}/{s['num_patches_per_image']} patches | "
+        f"communication cost {s['communication_cost']:.4f} | "
+        f"server FLOPs {s['server_flops_ratio']:.4f}"
+    )
+    return 0

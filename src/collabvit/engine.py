@@ -1,0 +1,262 @@
+"""Collaborative inference over a dataset: one operating point (``collabvit evaluate``).
+
+Algorithm 1 of the paper, batched: the edge model classifies every image and
+scores its patches; the gate (Sec. V) decides which images go to the server;
+the selection rule (Sec. IV-B) picks their patches; the server classifies the
+transmitted images from those patches only. Metrics follow the paper:
+communication cost = transmitted patches / all patches of all images (Sec. VI-A),
+server cost = eq. 9 relative to the server on every full image.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .attention import SCORES, forward_with_scores
+from .data import Sample, iter_batches
+from .errors import ConfigError, DataError
+from .gating import MEASURES, transmit_mask, uncertainty
+from .models import LoadedModel, forward_subset
+from .selection import RULES, select_patches
+
+__all__ = [
+    "RECORD_FIELDS",
+    "EvaluationResult",
+    "ImageRecord",
+    "OperatingPoint",
+    "check_pair",
+    "evaluate",
+    "summarise",
+    "write_records",
+]
+
+logger = logging.getLogger(__name__)
+
+RECORD_FIELDS = (
+    "index",
+    "file",
+    "label",
+    "edge_pred",
+    "uncertainty",
+    "transmitted",
+    "num_patches",
+    "server_pred",
+    "final_pred",
+)
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """One setting of the method: patch score, selection rule, gate."""
+
+    score: str = "mean"  # mean | rollout | rollout-standard
+    rule: str = "attention-sum"  # top-k | threshold | attention-sum | random
+    threshold: float = 0.97  # k, delta or delta_sum
+    measure: str = "min-entropy"  # min-entropy | shannon | margin | none
+    eta: float = 0.8
+    include_crossing: bool = False  # attention-sum: keep the patch that crosses delta_sum
+    seed: int = 0  # random rule
+
+    def __post_init__(self) -> None:
+        if self.score not in SCORES:
+            raise ConfigError(f"unknown score {self.score!r}: use one of {', '.join(SCORES)}")
+        if self.rule not in RULES:
+            raise ConfigError(f"unknown rule {self.rule!r}: use one of {', '.join(RULES)}")
+        if self.measure not in MEASURES:
+            raise ConfigError(f"unknown measure {self.measure!r}: use one of {', '.join(MEASURES)}")
+        if not math.isfinite(self.threshold) or self.threshold < 0:
+            raise ConfigError(f"threshold must be a finite number >= 0, got {self.threshold}")
+        if not math.isfinite(self.eta):
+            raise ConfigError(f"eta must be a finite number, got {self.eta}")
+
+
+@dataclass
+class ImageRecord:
+    """What happened to one image (one row of the records CSV)."""
+
+    index: int
+    file: str
+    label: int
+    edge_pred: int
+    uncertainty: float
+    transmitted: bool
+    num_patches: int  # patches sent (0 when kept on the edge)
+    server_pred: int | None
+    final_pred: int
+
+
+@dataclass
+class EvaluationResult:
+    records: list[ImageRecord]
+    summary: dict[str, Any]
+    skipped: list[Sample] = field(default_factory=list)
+
+
+def check_pair(edge: LoadedModel, server: LoadedModel) -> None:
+    """Edge and server must share input size and patch grid (the wire carries edge pixels)."""
+    if edge.preprocessing.input_size != server.preprocessing.input_size:
+        raise ConfigError(
+            f"edge {edge.name} takes {edge.preprocessing.input_size} images but server "
+            f"{server.name} takes {server.preprocessing.input_size}: pick a pair with one input "
+            "size"
+        )
+    if edge.patch_size != server.patch_size:
+        raise ConfigError(
+            f"edge patch {edge.patch_size} != server patch {server.patch_size}: the selected "
+            "patches must be the server's patches"
+        )
+    if edge.num_classes != server.num_classes:
+        raise ConfigError(
+            f"edge has {edge.num_classes} classes but server has {server.num_classes}"
+        )
+
+
+def summarise(
+    records: Sequence[ImageRecord],
+    num_patches: int,
+    server: LoadedModel | None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The JSON summary of a set of records (paper Sec. VI-A metrics)."""
+    n = len(records)
+    labelled = [r for r in records if r.label >= 0]
+    sent = [r for r in records if r.transmitted]
+    total_patches = sum(r.num_patches for r in sent)
+    summary: dict[str, Any] = {
+        "images": n,
+        "edge_accuracy": (
+            sum(r.edge_pred == r.label for r in labelled) / len(labelled) if labelled else None
+        ),
+        "accuracy": (
+            sum(r.final_pred == r.label for r in labelled) / len(labelled) if labelled else None
+        ),
+        "transmit_ratio": len(sent) / n if n else 0.0,
+        "mean_patches_transmitted": total_patches / len(sent) if sent else 0.0,
+        "communication_cost": total_patches / (n * num_patches) if n else 0.0,
+    }
+    if server is not None:
+        full = float(server.flops(num_patches))
+        used = sum(float(server.flops(r.num_patches)) for r in sent)
+        summary["server_flops_ratio"] = used / (n * full) if n else 0.0
+    if extra:
+        summary.update(extra)
+    return summary
+
+
+def write_records(records: Sequence[ImageRecord], path: str | Path) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(RECORD_FIELDS)
+        for r in records:
+            writer.writerow(
+                [
+                    r.index,
+                    r.file,
+                    r.label,
+                    r.edge_pred,
+                    f"{r.uncertainty:.6f}",
+                    int(r.transmitted),
+                    r.num_patches,
+                    "" if r.server_pred is None else r.server_pred,
+                    r.final_pred,
+                ]
+            )
+
+
+def write_summary(summary: dict[str, Any], path: str | Path) -> None:
+    Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+@torch.no_grad()
+def evaluate(
+    edge: LoadedModel,
+    server: LoadedModel,
+    samples: Sequence[Sample],
+    point: OperatingPoint,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> EvaluationResult:
+    """Run the collaborative system at one operating point over ``samples``.
+
+    Args:
+        edge, server: the two models (same input size and patch grid).
+        samples: images from :func:`collabvit.data.discover`.
+        point: score, rule, threshold, measure, eta.
+        batch_size: images per edge batch (the server batches the transmitted ones).
+        progress: called with the number of images done after each batch.
+    """
+    check_pair(edge, server)
+    device = edge.device
+    skipped: list[Sample] = []
+    records: list[ImageRecord] = []
+    raised = 0
+    skipped_seen = 0
+    for batch in iter_batches(samples, edge.preprocessing, batch_size, skipped):
+        pixels = batch.pixels.to(device)
+        logits, scores = forward_with_scores(edge, edge.normalise(pixels), (point.score,))
+        edge_pred = logits.argmax(-1).tolist()
+        values = uncertainty(logits, point.measure)
+        sent = transmit_mask(values, point.measure, point.eta)
+        ids = torch.tensor([s.index for s in batch.samples])
+        server_pred: list[int | None] = [None] * len(batch.samples)
+        counts = [0] * len(batch.samples)
+        rows = sent.nonzero().flatten().tolist()
+        if rows:
+            sel = select_patches(
+                scores[point.score][rows],
+                point.rule,
+                point.threshold,
+                point.include_crossing,
+                point.seed,
+                ids[rows],
+            )
+            raised += int(sel.raised_to_one.sum())
+            server_in = server.normalise(pixels[rows].to(server.device))
+            out = forward_subset(server, server_in, sel.keep_mask.to(server.device))
+            for j, row in enumerate(rows):
+                server_pred[row] = int(out[j].argmax())
+                counts[row] = int(sel.num_patches[j])
+        for j, s in enumerate(batch.samples):
+            sp = server_pred[j]
+            final = sp if sp is not None else edge_pred[j]
+            records.append(
+                ImageRecord(
+                    s.index,
+                    s.file,
+                    s.label,
+                    edge_pred[j],
+                    float(values[j]),
+                    bool(sent[j]),
+                    counts[j],
+                    sp,
+                    int(final),
+                )
+            )
+        if progress is not None:
+            progress(len(batch.samples) + len(skipped) - skipped_seen)
+        skipped_seen = len(skipped)
+    if skipped:
+        logger.warning(
+            "%d file(s) skipped as unreadable (first: %s)", len(skipped), skipped[0].file
+        )
+    if not records:
+        raise DataError("no image could be read: every file was skipped as unreadable")
+    extra = {
+        "skipped_files": len(skipped),
+        "raised_to_one_patch": raised,
+        "num_patches_per_image": edge.num_patches,
+        "point": asdict(point),
+        "edge": edge.name,
+        "server": server.name,
+    }
+    summary = summarise(records, edge.num_patches, server, extra)
+    return EvaluationResult(records, summary, skipped)
