@@ -19,8 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from . import wire
 from .attention import SCORES, forward_with_scores
 from .data import Sample, iter_batches
 from .errors import ConfigError, DataError
@@ -36,6 +38,7 @@ __all__ = [
     "check_pair",
     "evaluate",
     "summarise",
+    "wire_bytes",
     "write_records",
 ]
 
@@ -92,6 +95,7 @@ class ImageRecord:
     num_patches: int  # patches sent (0 when kept on the edge)
     server_pred: int | None
     final_pred: int
+    bytes_sent: int | None = None  # wire bytes when a codec is given (0 when kept on the edge)
 
 
 @dataclass
@@ -155,7 +159,8 @@ def summarise(
 def write_records(records: Sequence[ImageRecord], path: str | Path) -> None:
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(RECORD_FIELDS)
+        with_bytes = any(r.bytes_sent is not None for r in records)
+        writer.writerow(RECORD_FIELDS + (("bytes_sent",) if with_bytes else ()))
         for r in records:
             writer.writerow(
                 [
@@ -169,11 +174,27 @@ def write_records(records: Sequence[ImageRecord], path: str | Path) -> None:
                     "" if r.server_pred is None else r.server_pred,
                     r.final_pred,
                 ]
+                + ([r.bytes_sent] if with_bytes else [])
             )
 
 
 def write_summary(summary: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def _hwc(pixels: torch.Tensor) -> np.ndarray:
+    """(C, H, W) uint8 tensor -> (H, W, C) numpy for Pillow."""
+    return pixels.permute(1, 2, 0).cpu().numpy()
+
+
+def wire_bytes(
+    pixels: torch.Tensor, keep_mask: torch.Tensor, patch_size: int, codec: str, quality: int = 90
+) -> int:
+    """Bytes of one image's selected patches on the wire (header, mask, payload, CRC)."""
+    payload = wire.encode(
+        pixels.cpu().numpy(), keep_mask.cpu().numpy().astype(bool), patch_size, codec, quality
+    )
+    return len(payload)
 
 
 @torch.no_grad()
@@ -184,6 +205,8 @@ def evaluate(
     point: OperatingPoint,
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
+    codec: str | None = None,
+    quality: int = 90,
 ) -> EvaluationResult:
     """Run the collaborative system at one operating point over ``samples``.
 
@@ -193,6 +216,9 @@ def evaluate(
         point: score, rule, threshold, measure, eta.
         batch_size: images per edge batch (the server batches the transmitted ones).
         progress: called with the number of images done after each batch.
+        codec: also measure bytes on the wire with this codec (raw, png, jpeg),
+            next to whole-image JPEG (q=90) and PNG uploads of the same pixels.
+        quality: JPEG quality of the ``jpeg`` codec.
     """
     check_pair(edge, server)
     device = edge.device
@@ -200,6 +226,7 @@ def evaluate(
     records: list[ImageRecord] = []
     raised = 0
     skipped_seen = 0
+    full_sizes = {"jpeg": 0, "png": 0}
     for batch in iter_batches(samples, edge.preprocessing, batch_size, skipped):
         pixels = batch.pixels.to(device)
         logits, scores = forward_with_scores(edge, edge.normalise(pixels), (point.score,))
@@ -209,6 +236,7 @@ def evaluate(
         ids = torch.tensor([s.index for s in batch.samples])
         server_pred: list[int | None] = [None] * len(batch.samples)
         counts = [0] * len(batch.samples)
+        sizes: list[int | None] = [None if codec is None else 0] * len(batch.samples)
         rows = sent.nonzero().flatten().tolist()
         if rows:
             sel = select_patches(
@@ -225,6 +253,14 @@ def evaluate(
             for j, row in enumerate(rows):
                 server_pred[row] = int(out[j].argmax())
                 counts[row] = int(sel.num_patches[j])
+                if codec is not None:
+                    sizes[row] = wire_bytes(
+                        pixels[row], sel.keep_mask[j], edge.patch_size, codec, quality
+                    )
+        if codec is not None:
+            for j in range(len(batch.samples)):
+                full_sizes["jpeg"] += wire.full_image_bytes(_hwc(pixels[j]), "jpeg", 90)
+                full_sizes["png"] += wire.full_image_bytes(_hwc(pixels[j]), "png")
         for j, s in enumerate(batch.samples):
             sp = server_pred[j]
             final = sp if sp is not None else edge_pred[j]
@@ -239,6 +275,7 @@ def evaluate(
                     counts[j],
                     sp,
                     int(final),
+                    sizes[j],
                 )
             )
         if progress is not None:
@@ -258,5 +295,21 @@ def evaluate(
         "edge": edge.name,
         "server": server.name,
     }
+    if codec is not None:
+        n = len(records)
+        sent_sizes = [r.bytes_sent or 0 for r in records if r.transmitted]
+        extra["bytes"] = {
+            "codec": codec,
+            "quality": quality if codec == "jpeg" else None,
+            "per_image": sum(sent_sizes) / n,
+            "per_transmitted_image": sum(sent_sizes) / len(sent_sizes) if sent_sizes else 0.0,
+            "full_image_jpeg_q90_per_image": full_sizes["jpeg"] / n,
+            "full_image_png_per_image": full_sizes["png"] / n,
+            "paper_bits_per_image": sum(
+                wire.payload_bits(r.num_patches, edge.patch_size, edge.preprocessing.channels)
+                for r in records
+            )
+            / n,
+        }
     summary = summarise(records, edge.num_patches, server, extra)
     return EvaluationResult(records, summary, skipped)

@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
     add_data_options(parser)
     add_point_options(parser)
+    parser.add_argument(
+        "--codec",
+        choices=("raw", "png", "jpeg"),
+        help="also report bytes on the wire per image with this codec",
+    )
+    parser.add_argument("--quality", type=int, default=90, help="JPEG quality of --codec jpeg")
     parser.add_argument("--records", metavar="FILE.csv", help="per-image records")
     parser.add_argument("--json", metavar="FILE.json", help="summary")
 
@@ -37,7 +43,16 @@ def run(args: argparse.Namespace) -> int:
     samples, _ = discover(args.data, args.labels, args.limit)
     edge, server = load_pair(args)
     with progress_bar(len(samples), "evaluate") as bar:
-        result = evaluate(edge, server, samples, point, args.batch_size, progress=bar.update)
+        result = evaluate(
+            edge,
+            server,
+            samples,
+            point,
+            args.batch_size,
+            progress=bar.update,
+            codec=args.codec,
+            quality=args.quality,
+        )
     if args.records:
         write_records(result.records, args.records)
     if args.json:
@@ -54,4 +69,11 @@ def run(args: argparse.Namespace) -> int:
         f"communication cost {s['communication_cost']:.4f} | "
         f"server FLOPs {s['server_flops_ratio']:.4f}"
     )
+    if "bytes" in s:
+        b = s["bytes"]
+        print(
+            f"bytes per image ({b['codec']}): {b['per_image']:.0f} | whole-image uploads: "
+            f"JPEG q90 {b['full_image_jpeg_q90_per_image']:.0f}, "
+            f"PNG {b['full_image_png_per_image']:.0f}"
+        )
     return 0
