@@ -1,0 +1,86 @@
+"""The main job, offline: the shipped edge/server pair on the shipped Fashion-MNIST test set.
+
+Runs the sweep of the shipped pair (fmnist-tiny on the edge, fmnist-base on
+the server) over the 10,000 shipped test images, prints edge-only and
+server-only accuracy and the cheapest collaborative point within
+--target-drop points of server-only, and writes the tables and figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+HELP = "run the shipped pair on the shipped Fashion-MNIST test set (offline)"
+
+DEMO_KEYS = ("edge_accuracy", "server_accuracy", "accuracy", "communication_cost",
+             "transmit_ratio", "mean_patches_transmitted", "delta", "eta")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="collabvit-demo", metavar="DIR",
+                        help="tables, figures and results")
+    parser.add_argument("--json", metavar="FILE", help="headline numbers as JSON")
+    parser.add_argument("--limit", type=int, metavar="N", help="first N test images only")
+    parser.add_argument("--target-drop", type=float, default=1.0, metavar="P",
+                        help="accuracy points below server-only allowed")
+    parser.add_argument("--grid", choices=("demo", "paper"), default="demo",
+                        help="demo: the paper's delta_sum x eta_m trade-off grid and the "
+                             "comparisons at fewer points; paper: every default grid")
+    parser.add_argument("--batch-size", type=int, default=256, metavar="B")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-figures", action="store_true", help="skip the figures")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import progress_bar
+    from ..fmnist import shipped_samples
+    from ..models import load_model
+    from ..sweep import SweepGrid, run_sweep
+
+    edge = load_model("fmnist-tiny", device=args.device)
+    server = load_model("fmnist-base", device=args.device)
+    samples = shipped_samples(args.limit)
+    grid = SweepGrid.paper() if args.grid == "paper" else SweepGrid.small()
+    out = Path(args.out)
+    with progress_bar(len(samples), "demo sweep") as bar:
+        result = run_sweep(edge, server, samples, grid, out, batch_size=args.batch_size,
+                           target_drop=args.target_drop, progress=bar.update,
+                           figures=not args.no_figures)
+    best = result.best
+    headline = {
+        "edge_accuracy": result.edge_accuracy,
+        "server_accuracy": result.server_accuracy,
+        "accuracy": best["accuracy"] if best else None,
+        "communication_cost": best["communication_cost"] if best else None,
+        "transmit_ratio": best["transmit_ratio"] if best else None,
+        "mean_patches_transmitted": best["mean_patches_transmitted"] if best else None,
+        "delta": best["threshold"] if best else None,
+        "eta": best["eta"] if best else None,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(headline, indent=2) + "\n")
+    n = len(samples)
+    print(f"Fashion-MNIST test set, {n:,} images: edge {edge.name} "
+          f"({_params(edge)}) / server {server.name} ({_params(server)})")
+    print(f"  edge only      {100 * result.edge_accuracy:6.2f}%   communication cost 0")
+    print(f"  server only    {100 * result.server_accuracy:6.2f}%   communication cost 1")
+    if best is None:
+        print(f"  no grid point is within {args.target_drop} points of server-only")
+    else:
+        print(
+            f"  collaborative  {100 * best['accuracy']:6.2f}%   communication cost "
+            f"{best['communication_cost']:.4f} ({100 * (1 - best['communication_cost']):.1f}% "
+            f"reduction)\n"
+            f"    at {best['rule']} delta={best['threshold']:g}, {best['measure']} "
+            f"eta={best['eta']:g}: {100 * best['transmit_ratio']:.1f}% of images sent, "
+            f"{best['mean_patches_transmitted']:.1f} of {edge.num_patches} patches each"
+        )
+    print(f"  tables, figures and results in {out}/")
+    return 0
+
+
+def _params(model: object) -> str:
+    count = sum(p.numel() for p in model.model.parameters())  # type: ignore[attr-defined]
+    return f"{count / 1e6:.2f}M parameters"

@@ -1,0 +1,77 @@
+"""`collabvit train`: one short epoch on a small subset, resumable, loadable output."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from collabvit.fmnist import read_idx, shipped_test_split
+from collabvit.models import load_model
+
+
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + struct.pack(">" + "I" * array.ndim, *array.shape)
+    with gzip.open(path, "wb") as fh:
+        fh.write(header + array.astype(np.uint8).tobytes())
+
+
+def _small_fmnist(folder: Path) -> Path:
+    images, labels = shipped_test_split()
+    folder.mkdir()
+    _write_idx(folder / "train-images-idx3-ubyte.gz", images[:384])
+    _write_idx(folder / "train-labels-idx1-ubyte.gz", labels[:384])
+    _write_idx(folder / "t10k-images-idx3-ubyte.gz", images[384:512])
+    _write_idx(folder / "t10k-labels-idx1-ubyte.gz", labels[384:512])
+    return folder
+
+
+def _train(data: Path, out: Path, epochs: int) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "collabvit.cli", "train", "fmnist-tiny", "--data-dir", str(data),
+           "--out", str(out), "--epochs", str(epochs), "--device", "cpu"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def test_idx_round_trip(tmp_path: Path) -> None:
+    array = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    _write_idx(tmp_path / "x.gz", array)
+    assert np.array_equal(read_idx(tmp_path / "x.gz"), array)
+
+
+def test_train_one_epoch_then_resume(tmp_path: Path) -> None:
+    data = _small_fmnist(tmp_path / "fmnist")
+    out = tmp_path / "out"
+    first = _train(data, out, epochs=1)
+    assert first.returncode == 0, first.stderr
+    config = json.loads((out / "fmnist-tiny.json").read_text())
+    assert len(config["training"]["history"]) == 1
+    assert config["class_names"][0] == "T-shirt/top"
+    assert (out / "fmnist-tiny.ckpt.pt").is_file()
+
+    # the written pair loads by path and classifies 28x28 grey images
+    model = load_model(str(out / "fmnist-tiny.json"))
+    assert model.preprocessing.input_size == (1, 28, 28)
+    assert model.num_patches == 49
+    logits = model.model(torch.zeros(2, 1, 28, 28))
+    assert logits.shape == (2, 10)
+
+    second = _train(data, out, epochs=2)  # resumes from the epoch-1 checkpoint
+    assert second.returncode == 0, second.stderr
+    assert "resuming fmnist-tiny from epoch 1" in second.stderr
+    history = json.loads((out / "fmnist-tiny.json").read_text())["training"]["history"]
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert history[0] == config["training"]["history"][0]
+
+
+def test_train_missing_data_is_one_clear_line(tmp_path: Path) -> None:
+    result = _train(tmp_path / "nowhere", tmp_path / "out", epochs=1)
+    assert result.returncode == 2
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert lines == [lines[-1]] and "Fashion-MNIST train files not found" in lines[-1]
+    assert "Traceback" not in result.stderr
