@@ -68,6 +68,7 @@ def add_model_options(
 
 
 def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--data, --labels, --limit, --batch-size."""
     group = parser.add_argument_group("data")
     group.add_argument(
         "--data", required=required, metavar="DIR", help="ImageFolder, or flat folder with --labels"
@@ -103,6 +104,7 @@ def add_point_options(parser: argparse.ArgumentParser) -> None:
 
 
 def point_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~collabvit.engine.OperatingPoint` of :func:`add_point_options` options."""
     from .engine import OperatingPoint
 
     return OperatingPoint(
@@ -117,6 +119,7 @@ def point_from_args(args: argparse.Namespace) -> Any:
 
 
 def load_role(args: argparse.Namespace, role: str) -> Any:
+    """Load the ``edge`` or ``server`` model named by the options."""
     from .models import load_model
 
     name = getattr(args, role)
@@ -183,6 +186,7 @@ def _version() -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``collabvit`` script; returns the exit status."""
     parser, runners = _build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -192,8 +196,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     # third-party chatter stays quiet unless asked for
     for noisy in ("timm", "httpx", "httpcore", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     try:
-        return int(runners[args.command](args) or 0)
+        with logging_redirect_tqdm():  # log lines go above progress bars, not into them
+            return int(runners[args.command](args) or 0)
     except CollabViTError as exc:
         print(f"collabvit {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -130,11 +130,16 @@ def discover(
                 if f.is_file() and not f.name.startswith(".")
             ]
         else:
-            entries = [
-                (f.name, -1)
-                for f in sorted(root.iterdir())
-                if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
-            ]
+            files = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
+            entries = [(f.name, -1) for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
+            ignored = [f.name for f in files if f.suffix.lower() not in IMAGE_EXTENSIONS]
+            if ignored:
+                logger.warning(
+                    "ignoring %d file(s) without an image extension in %s (first: %s)",
+                    len(ignored),
+                    root,
+                    ignored[0],
+                )
     if not entries:
         raise DataError(
             f"data folder {root} holds no images: use an ImageFolder (one sub-folder per class) "

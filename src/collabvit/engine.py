@@ -157,6 +157,7 @@ def summarise(
 
 
 def write_records(records: Sequence[ImageRecord], path: str | Path) -> None:
+    """The records CSV: one row per image, columns :data:`RECORD_FIELDS` (+ bytes_sent)."""
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         with_bytes = any(r.bytes_sent is not None for r in records)
@@ -179,6 +180,7 @@ def write_records(records: Sequence[ImageRecord], path: str | Path) -> None:
 
 
 def write_summary(summary: dict[str, Any], path: str | Path) -> None:
+    """The summary JSON."""
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -42,7 +42,8 @@ def min_entropy(logits: torch.Tensor) -> torch.Tensor:
 def shannon_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Eq. 12, in bits (0 log 0 = 0). (B, C) logits -> (B,)."""
     p = _probs(logits)
-    return -(torch.special.xlogy(p, p).sum(dim=-1)) / torch.log(torch.tensor(2.0, dtype=p.dtype))
+    # NOTE: log2 directly, not ln / ln 2, so dyadic hand-made cases are exact at eta
+    return -torch.where(p > 0, p * torch.log2(p), torch.zeros_like(p)).sum(dim=-1)
 
 
 def margin(logits: torch.Tensor) -> torch.Tensor:

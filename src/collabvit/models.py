@@ -16,13 +16,18 @@ buckets, padding inside a bucket with a key mask.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
-from collections.abc import Sequence
+import os
+import socket
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
 import torch.nn.functional as F
@@ -193,6 +198,13 @@ def _check_supported(model: Any, name: str) -> Any:
     return model
 
 
+def _allow_training_args() -> AbstractContextManager[Any]:
+    """Let ``weights_only`` loading accept the ``argparse.Namespace`` that DeiT and timm
+    training scripts store under ``args`` in their checkpoints."""
+    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    return safe_globals([argparse.Namespace]) if safe_globals is not None else nullcontext()
+
+
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file: ``.safetensors`` or a torch ``.pth``/``.pt``.
 
@@ -208,11 +220,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
             state: Any = load_file(str(p))
         else:
-            state = torch.load(p, map_location="cpu", weights_only=True)
+            with _allow_training_args():
+                state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt archives raise many different types
         raise CheckpointError(
             f"checkpoint {p} cannot be read ({type(exc).__name__}): the file is corrupt or "
-            "not a PyTorch/safetensors checkpoint"
+            "not a PyTorch/safetensors checkpoint of tensors (save model.state_dict())"
         ) from None
     if isinstance(state, dict):
         for key in ("model", "state_dict", "model_ema"):
@@ -356,6 +369,40 @@ def load_model(
     return loaded.to(device)
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub accepts a TCP connection (assumed so behind a proxy)."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # only the proxy knows; let the hub client try
+    url = urlsplit(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+@contextmanager
+def _offline_unless_reachable() -> Iterator[None]:
+    """Put the hub client in offline mode (local cache only) while the hub is unreachable.
+
+    NOTE: without this an offline machine waits through the client's retries
+    (about a minute, with a warning per retry) before the download fails.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or _hub_reachable():
+        yield
+        return
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
+
+
 def _load_timm_model(
     name: str,
     checkpoint: str | Path | None,
@@ -395,7 +442,8 @@ def _load_timm_model(
         source = f"random:{random_init}"
     else:
         try:
-            model = timm.create_model(name, pretrained=True)
+            with _offline_unless_reachable():
+                model = timm.create_model(name, pretrained=True)
         except Exception as exc:  # the hub client raises many kinds when offline
             logger.debug("hub download of %s failed: %r", name, exc)
             raise CheckpointError(
