@@ -10,24 +10,46 @@ from __future__ import annotations
 
 import argparse
 import json
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
+
+from ..errors import DataError
 
 HELP = "run the shipped pair on the shipped Fashion-MNIST test set (offline)"
 
-DEMO_KEYS = ("edge_accuracy", "server_accuracy", "accuracy", "communication_cost",
-             "transmit_ratio", "mean_patches_transmitted", "delta", "eta")
+DEMO_KEYS = (
+    "edge_accuracy",
+    "server_accuracy",
+    "accuracy",
+    "communication_cost",
+    "transmit_ratio",
+    "mean_patches_transmitted",
+    "delta",
+    "eta",
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default="collabvit-demo", metavar="DIR",
-                        help="tables, figures and results")
+    parser.add_argument(
+        "--out", default="collabvit-demo", metavar="DIR", help="tables, figures and results"
+    )
     parser.add_argument("--json", metavar="FILE", help="headline numbers as JSON")
     parser.add_argument("--limit", type=int, metavar="N", help="first N test images only")
-    parser.add_argument("--target-drop", type=float, default=1.0, metavar="P",
-                        help="accuracy points below server-only allowed")
-    parser.add_argument("--grid", choices=("demo", "paper"), default="demo",
-                        help="demo: the paper's delta_sum x eta_m trade-off grid and the "
-                             "comparisons at fewer points; paper: every default grid")
+    parser.add_argument(
+        "--target-drop",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="accuracy points below server-only allowed",
+    )
+    parser.add_argument(
+        "--grid",
+        choices=("demo", "paper"),
+        default="demo",
+        help="demo: the paper's delta_sum x eta_m trade-off grid and the "
+        "comparisons at fewer points; paper: every default grid",
+    )
     parser.add_argument("--batch-size", type=int, default=256, metavar="B")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
@@ -44,11 +66,32 @@ def run(args: argparse.Namespace) -> int:
     samples = shipped_samples(args.limit)
     grid = SweepGrid.paper() if args.grid == "paper" else SweepGrid.small()
     out = Path(args.out)
-    with progress_bar(len(samples), "demo sweep") as bar:
-        result = run_sweep(edge, server, samples, grid, out, batch_size=args.batch_size,
-                           target_drop=args.target_drop, progress=bar.update,
-                           figures=not args.no_figures)
-    best = result.best
+    with ExitStack() as stack:
+        bars: dict[str, Any] = {}
+
+        def progress(phase: str, n: int, total: int) -> None:
+            if phase not in bars:
+                desc = "edge pass" if phase == "edge" else "server (image, selection)"
+                bars[phase] = stack.enter_context(
+                    progress_bar(total, desc, "img" if phase == "edge" else "sel")
+                )
+            bars[phase].update(n)
+
+        result = run_sweep(
+            edge,
+            server,
+            samples,
+            grid,
+            out,
+            batch_size=args.batch_size,
+            target_drop=args.target_drop,
+            progress=progress,
+            figures=not args.no_figures,
+            cache_dir=out / "cache",
+        )
+    best = result.best if result.best and result.best.get("within_target", True) else None
+    if result.edge_accuracy is None or result.server_accuracy is None:
+        raise DataError("the shipped test split has no labels")
     headline = {
         "edge_accuracy": result.edge_accuracy,
         "server_accuracy": result.server_accuracy,
@@ -62,8 +105,10 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(headline, indent=2) + "\n")
     n = len(samples)
-    print(f"Fashion-MNIST test set, {n:,} images: edge {edge.name} "
-          f"({_params(edge)}) / server {server.name} ({_params(server)})")
+    print(
+        f"Fashion-MNIST test set, {n:,} images: edge {edge.name} "
+        f"({_params(edge)}) / server {server.name} ({_params(server)})"
+    )
     print(f"  edge only      {100 * result.edge_accuracy:6.2f}%   communication cost 0")
     print(f"  server only    {100 * result.server_accuracy:6.2f}%   communication cost 1")
     if best is None:

@@ -1,0 +1,148 @@
+"""Run the edge side of collaborative inference against a collabvit server.
+
+The edge model classifies every image locally; the images the gate marks
+uncertain have their selected patches sent to the server (collabvit serve).
+With the raw codec the predictions equal `collabvit evaluate`'s at the same
+models and operating point. If the server cannot answer, the image keeps the
+edge's prediction (source edge-fallback): every image gets an answer. Writes
+one JSON line per image, in input order, to --out. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from typing import TYPE_CHECKING
+
+from ..cli import add_model_options, add_point_options
+from .serve import _skip_final_gc
+
+if TYPE_CHECKING:
+    from ..data import Sample
+
+HELP = "edge client: classify locally, send uncertain images' patches to a server"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser, roles=("edge",))
+    add_point_options(parser)
+    parser.add_argument(
+        "inputs", nargs="+", metavar="IMAGE|DIR", help="image files, or one folder of images"
+    )
+    parser.add_argument("--labels", metavar="CSV", help="CSV with file,label columns")
+    parser.add_argument("--limit", type=int, metavar="N", help="first N images only")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="edge batch")
+    parser.add_argument("--out", required=True, metavar="FILE.jsonl", help="one line per image")
+    net = parser.add_argument_group("server")
+    net.add_argument("--server-url", required=True, metavar="URL", help="http://HOST:PORT")
+    net.add_argument("--codec", default="raw", choices=("raw", "png", "jpeg"))
+    net.add_argument("--quality", type=int, default=90, help="jpeg quality 1..100")
+    net.add_argument("--concurrency", type=int, default=4, help="requests in flight")
+    net.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per request")
+    net.add_argument("--retries", type=int, default=2, help="extra attempts on 5xx/timeouts")
+    net.add_argument(
+        "--token",
+        help="bearer token (default: $COLLABVIT_TOKEN)",
+    )
+    net.add_argument(
+        "--wait-for-server",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="before the first upload, wait up to S seconds for the server's /healthz",
+    )
+    net.add_argument(
+        "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)"
+    )
+
+
+def _samples(args: argparse.Namespace) -> list[Sample]:
+    import csv
+    from pathlib import Path
+
+    from ..data import Sample, discover
+    from ..errors import DataError
+
+    paths = [Path(p) for p in args.inputs]
+    if len(paths) == 1 and paths[0].is_dir():
+        samples, _ = discover(paths[0], args.labels, args.limit)
+        return samples
+    if any(p.is_dir() for p in paths):
+        raise DataError("give either one folder or image files, not both")
+    missing = [p for p in paths if not p.is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} input file(s) do not exist (first: {missing[0]})")
+    labels: dict[str, int] = {}
+    if args.labels:
+        try:
+            with open(args.labels, newline="") as fh:
+                for row in csv.DictReader(fh):
+                    labels[row["file"]] = int(row["label"])
+        except (OSError, KeyError, ValueError, TypeError) as exc:
+            raise DataError(
+                f"labels file {args.labels} is not a CSV with file,label columns ({exc})"
+            ) from None
+    if args.limit is not None:
+        paths = paths[: args.limit]
+    return [
+        Sample(i, str(p), p, labels.get(str(p), labels.get(p.name, -1)))
+        for i, p in enumerate(paths)
+    ]
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import load_role, point_from_args, progress_bar
+    from ..client import ClientConfig, EdgeClient, summarise, write_jsonl
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, args.threads))
+    point = point_from_args(args)
+    config = ClientConfig(
+        server_url=args.server_url,
+        codec=args.codec,
+        quality=args.quality,
+        concurrency=args.concurrency,
+        timeout_s=args.timeout,
+        retries=args.retries,
+        token=args.token or os.environ.get("COLLABVIT_TOKEN") or None,
+        batch_size=args.batch_size,
+        wait_for_server_s=args.wait_for_server,
+    )
+    samples = _samples(args)
+    edge = load_role(args, "edge")
+    client = EdgeClient(edge, point, config)
+    with progress_bar(len(samples), "edge") as bar:
+        results = client.run(samples, on_result=lambda _r: bar.update(1))
+    write_jsonl(results, args.out)
+    s = summarise(results)
+    fallbacks = [r for r in results if r.source == "edge-fallback"]
+    if fallbacks:
+        logging.getLogger("collabvit.edge").warning(
+            "%d image(s) answered by the edge because the server did not (first: %s: %s)",
+            len(fallbacks),
+            fallbacks[0].file,
+            fallbacks[0].error,
+        )
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    src = s["sources"]
+    full = s["mean_full_jpeg_bytes"]
+    vs_full = (
+        f" vs {full:,.0f} B/image as whole JPEG q90 ({pct(s['mean_bytes_per_image'] / full)})"
+        if full
+        else ""
+    )
+    print(
+        f"{s['images']} images | accuracy {pct(s['accuracy'])} (edge alone "
+        f"{pct(s['edge_accuracy'])}) | transmitted {pct(s['transmit_ratio'])} | "
+        f"server {src['server']}, edge {src['edge']}, fallbacks {src['edge-fallback']}"
+        + (f", unreadable {src['unreadable']}" if src["unreadable"] else "")
+        + f" | sent {s['mean_bytes_per_image']:,.0f} B/image{vs_full}"
+    )
+    _skip_final_gc()
+    return 0

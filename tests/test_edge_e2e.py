@@ -1,0 +1,337 @@
+"""End to end with real processes on 127.0.0.1: collabvit serve, edge and evaluate.
+
+A process spends most of its start importing torch, so the server processes
+are started together, once: the end-to-end test uses the plain server first,
+then the SIGKILL test takes it (a fresh one is started if it is gone); the
+SIGTERM test has its own, configured to keep requests waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+import httpx
+import numpy as np
+import pytest
+
+from collabvit.attention import forward_with_scores
+from collabvit.client import ClientConfig, EdgeClient, ImageResult, write_jsonl
+from collabvit.data import discover, iter_batches, load_image, preprocess
+from collabvit.engine import OperatingPoint
+from collabvit.gating import uncertainty
+from collabvit.models import load_model
+from collabvit.wire import encode
+
+START_TIMEOUT_S = 180  # importing torch on a busy 2-core machine is slow
+RUN_TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("COLLABVIT_TOKEN", None)
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "collabvit.cli", *args]
+
+
+class ServerProcess:
+    """A `collabvit serve` process on a free 127.0.0.1 port, its output in a log file."""
+
+    def __init__(self, log_path: Path, server_json: Path, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log: IO[str] = open(log_path, "w")  # noqa: SIM115 (closed in stop())
+        self.proc = subprocess.Popen(
+            cli(
+                "serve",
+                "--server",
+                str(server_json),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--threads",
+                "1",
+                *options,
+            ),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+        )
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with httpx.Client(base_url=self.url, timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        pytest.fail(f"server not ready after {START_TIMEOUT_S} s:\n{self.log()}")
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self._log.close()
+
+
+# a batch would wait 30 s to fill, so requests stay in flight until SIGTERM;
+# the server must then answer them at once (well before its 20 s grace ends)
+DRAIN = ("--max-batch-size", "8", "--max-wait-ms", "30000", "--graceful-timeout", "20")
+
+
+class ServerPool:
+    """Server processes by name, started ahead of use; ``take`` hands one over for good."""
+
+    def __init__(self, folder: Path, server_json: Path) -> None:
+        self.folder = folder
+        self.server_json = server_json
+        self.ready: dict[str, ServerProcess] = {}
+        self.all: list[ServerProcess] = []
+
+    def start(self, name: str, *options: str) -> None:
+        proc = ServerProcess(
+            self.folder / f"{name}-{len(self.all)}.log", self.server_json, *options
+        )
+        self.ready[name] = proc
+        self.all.append(proc)
+
+    def get(self, name: str, *options: str) -> ServerProcess:
+        if name not in self.ready or self.ready[name].proc.poll() is not None:
+            self.start(name, *options)
+        proc = self.ready[name]
+        proc.wait_ready()
+        return proc
+
+    def url_of(self, name: str, *options: str) -> str:
+        """The URL of a server, started now if need be, without waiting for it."""
+        if name not in self.ready or self.ready[name].proc.poll() is not None:
+            self.start(name, *options)
+        return self.ready[name].url
+
+    def take(self, name: str, *options: str) -> ServerProcess:
+        proc = self.get(name, *options)
+        del self.ready[name]
+        return proc
+
+
+@pytest.fixture(scope="module")
+def servers(
+    small_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServerPool]:
+    pool = ServerPool(tmp_path_factory.mktemp("servers"), small_pair[1])
+    pool.start("plain")
+    pool.start("drain", *DRAIN)
+    try:
+        yield pool
+    finally:
+        for proc in pool.all:
+            proc.terminate()
+        for proc in pool.all:
+            proc.stop()
+
+
+@pytest.fixture(scope="module")
+def photo_dir(imagenet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 real photos and a labels CSV written for them."""
+    folder = tmp_path_factory.mktemp("photos")
+    rows = (imagenet_dir / "labels.csv").read_text().splitlines()[1:13]
+    lines = ["file,label"]
+    for row in rows:
+        name, label = row.split(",")[:2]
+        shutil.copy(imagenet_dir / "images" / name, folder / name)
+        lines.append(f"{name},{label}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def median_min_entropy(edge_json: Path, photo_dir: Path) -> float:
+    """The median edge min-entropy over the photos: an eta that splits them in two."""
+    edge = load_model(str(edge_json))
+    samples, _ = discover(photo_dir, photo_dir / "labels.csv")
+    values: list[float] = []
+    for batch in iter_batches(samples, edge.preprocessing, 64):
+        logits, _ = forward_with_scores(edge, edge.normalise(batch.pixels))
+        values += uncertainty(logits, "min-entropy").tolist()
+    return statistics.median(values)
+
+
+def start(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
+    )
+
+
+def finish(proc: subprocess.Popen[str], what: str) -> str:
+    try:
+        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{what} timed out:\n{err[-3000:]}")
+    assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{err[-3000:]}"
+    return out
+
+
+def test_edge_over_http_predicts_exactly_what_evaluate_predicts(
+    servers: ServerPool,
+    small_pair: tuple[Path, Path],
+    photo_dir: Path,
+    tmp_path: Path,
+) -> None:
+    edge_json, server_json = small_pair
+    labels = photo_dir / "labels.csv"
+    # eta at the median edge min-entropy: about half the photos go to the server
+    point = ["--measure", "min-entropy", "--eta", repr(median_min_entropy(edge_json, photo_dir))]
+    point += ["--rule", "attention-sum", "--threshold", "0.9"]
+    models = ["--edge", str(edge_json)]
+    records, jsonl = tmp_path / "records.csv", tmp_path / "edge.jsonl"
+    data = [str(photo_dir), "--labels", str(labels)]
+    evaluation = start(
+        "evaluate", *models, "--server", str(server_json), "--data", *data, *point,
+        "--records", str(records),
+    )  # fmt: skip
+    # the edge starts with the server (both spend their start importing torch) and
+    # waits for its /healthz before the first upload
+    url = servers.url_of("plain")
+    edge = start(
+        "edge", *models, "--server-url", url, *data, *point, "--codec", "raw",
+        "--concurrency", "3", "--threads", "1", "--wait-for-server", str(START_TIMEOUT_S),
+        "--out", str(jsonl),
+    )  # fmt: skip
+    assert servers.get("plain").url == url
+    finish(evaluation, "collabvit evaluate")
+    summary = finish(edge, "collabvit edge")
+    assert "12 images" in summary and "whole JPEG q90" in summary
+
+    lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
+    header, *rest = records.read_text().splitlines()
+    rows = [dict(zip(header.split(","), r.split(","), strict=True)) for r in rest]
+    assert len(lines) == len(rows) == 12
+    for line, row in zip(lines, rows, strict=True):
+        assert line["file"] == row["file"]
+        assert line["label"] == int(row["label"])
+        assert line["prediction"] == int(row["final_pred"]), line["file"]
+        assert line["edge_prediction"] == int(row["edge_pred"])
+        assert line["source"] == ("server" if row["transmitted"] == "1" else "edge")
+        assert line["patches_sent"] == int(row["num_patches"])
+        assert line["uncertainty"] == pytest.approx(float(row["uncertainty"]), abs=1e-6)
+    assert {line["source"] for line in lines} == {"server", "edge"}
+
+
+def test_killing_the_server_mid_run_leaves_every_image_answered_by_the_edge(
+    servers: ServerPool,
+    small_pair: tuple[Path, Path],
+    photo_dir: Path,
+    tmp_path: Path,
+) -> None:
+    server = servers.take("plain")
+    edge = load_model(str(small_pair[0]))
+    samples, _ = discover(photo_dir, photo_dir / "labels.csv")
+    config = ClientConfig(
+        server.url, concurrency=1, batch_size=4, retries=1, backoff_s=0.05, timeout_s=10
+    )
+    answered = 0
+
+    def kill_after_four(result: ImageResult) -> None:
+        nonlocal answered
+        answered += result.source == "server"
+        if answered == 4 and server.proc.poll() is None:
+            server.proc.send_signal(signal.SIGKILL)
+            server.proc.wait(30)
+
+    results = EdgeClient(edge, OperatingPoint(measure="none"), config).run(
+        samples, on_result=kill_after_four
+    )
+    out = tmp_path / "killed.jsonl"
+    write_jsonl(results, out)
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert server.proc.returncode == -signal.SIGKILL
+    assert [line["file"] for line in lines] == [s.file for s in samples]
+    assert [line["source"] for line in lines] == ["server"] * 4 + ["edge-fallback"] * 8
+    for line in lines[4:]:
+        assert line["prediction"] == line["edge_prediction"] is not None
+        assert line["error"]
+
+
+def test_sigterm_answers_the_requests_in_flight_before_exiting(
+    servers: ServerPool, photo_dir: Path, small_pair: tuple[Path, Path]
+) -> None:
+    server = servers.take("drain", *DRAIN)
+    prep = load_model(str(small_pair[1])).preprocessing
+    payloads = []
+    for i, path in enumerate(sorted(photo_dir.glob("*.JPEG"))[:3]):
+        image = load_image(path, 3)
+        assert image is not None
+        mask = np.zeros(64, dtype=bool)
+        mask[: 10 + i] = True
+        payloads.append(encode(preprocess(image, prep).numpy(), mask, 8))
+
+    async def main() -> tuple[list[httpx.Response], float, list[float]]:
+        done_at: list[float] = []
+
+        async def post(client: httpx.AsyncClient, payload: bytes) -> httpx.Response:
+            response = await client.post("/v1/infer", content=payload)
+            done_at.append(time.monotonic())
+            return response
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+            tasks = [asyncio.create_task(post(client, p)) for p in payloads]
+            async with httpx.AsyncClient(base_url=server.url, timeout=5) as probe:
+                for _ in range(500):
+                    if (await probe.get("/healthz")).json()["in_flight"] == len(payloads):
+                        break
+                    await asyncio.sleep(0.01)
+                else:
+                    pytest.fail("the requests never reached the server")
+            server.proc.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            return list(await asyncio.gather(*tasks)), signalled, done_at
+
+    answers, signalled, done_at = asyncio.run(main())
+    assert [r.status_code for r in answers] == [200, 200, 200]
+    assert [r.json()["batch_size"] for r in answers] == [3, 3, 3]
+    assert min(done_at) > signalled  # they were in flight when the signal came
+    assert max(done_at) - signalled < 20  # flushed at SIGTERM, not after the 30 s wait
+    assert server.proc.wait(60) == 0
+    log = server.log()
+    assert "batcher stopped; every accepted request was answered" in log
