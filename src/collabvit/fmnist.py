@@ -68,7 +68,7 @@ def read_idx(path: Path) -> np.ndarray:
     expected = int(np.prod(shape))
     if len(data) - header != expected:
         raise DataError(f"{path} is truncated: {len(data) - header} bytes for shape {shape}")
-    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape)
+    return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(shape).copy()
 
 
 def _find(folder: Path, stem: str) -> Path | None:

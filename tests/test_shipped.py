@@ -1,0 +1,43 @@
+"""The shipped edge/server pair and test split: offline, and as documented."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from collabvit.fmnist import CLASS_NAMES, shipped_test_split
+from collabvit.models import SHIPPED_MODELS, load_model
+from collabvit.training import evaluate_classifier
+
+SLICE = 1000  # the documented accuracies are on the first 1,000 shipped test images
+
+
+def test_shipped_test_split_is_the_fmnist_test_set() -> None:
+    images, labels = shipped_test_split()
+    assert images.shape == (10_000, 28, 28) and labels.shape == (10_000,)
+    assert sorted(set(labels.tolist())) == list(range(10))
+    assert (labels == 0).sum() == 1000  # 1,000 images per class
+
+
+@pytest.mark.parametrize("name", SHIPPED_MODELS)
+def test_shipped_model_reproduces_documented_accuracy(name: str) -> None:
+    torch.set_num_threads(1)
+    model = load_model(name)  # no network, no path: from the package
+    assert model.class_names == CLASS_NAMES
+    assert model.preprocessing.input_size == (1, 28, 28) and model.num_patches == 49
+    documented = model.extra["documented"]["first_1000_test_accuracy"]
+    images, labels = shipped_test_split()
+    measured = evaluate_classifier(model.model, images[:SLICE], labels[:SLICE])
+    assert abs(measured - documented) <= 0.5, (name, measured, documented)
+
+
+def test_shipped_pair_is_tiny_vs_base() -> None:
+    edge, server = load_model("fmnist-tiny"), load_model("fmnist-base")
+    n_edge = sum(p.numel() for p in edge.model.parameters())
+    n_server = sum(p.numel() for p in server.model.parameters())
+    assert 100_000 <= n_edge <= 300_000
+    assert n_server >= 5 * n_edge
+    assert edge.grid_size == server.grid_size
+    edge_acc = edge.extra["training"]["test_accuracy"]
+    server_acc = server.extra["training"]["test_accuracy"]
+    assert server_acc - edge_acc >= 3.0
