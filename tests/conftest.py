@@ -56,8 +56,10 @@ def write_model_json(folder: Path, name: str, seed: int, **vit: object) -> Path:
     torch.manual_seed(seed)
     model = build_vit(kwargs)
     folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              str(folder / f"{name}.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(folder / f"{name}.safetensors"),
+    )
     config = {
         "name": name,
         "vit_kwargs": kwargs,

@@ -33,8 +33,21 @@ def _small_fmnist(folder: Path) -> Path:
 
 
 def _train(data: Path, out: Path, epochs: int) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "collabvit.cli", "train", "fmnist-tiny", "--data-dir", str(data),
-           "--out", str(out), "--epochs", str(epochs), "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "collabvit.cli",
+        "train",
+        "fmnist-tiny",
+        "--data-dir",
+        str(data),
+        "--out",
+        str(out),
+        "--epochs",
+        str(epochs),
+        "--device",
+        "cpu",
+    ]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 

@@ -1,0 +1,129 @@
+"""Sweep a grid of operating points over a dataset with one pass of each model.
+
+The edge model runs once per image; the server once per distinct (image,
+selected patches) the grid needs; every (score, rule, threshold, measure, eta)
+point is derived from those results. Writes to --out: results.csv/.json (one
+row per point, plus edge-only, server-only and full-image JPEG/PNG baselines),
+frontier.csv (the accuracy/communication-cost Pareto frontier), best.json (the
+cheapest point within --target-drop points of the server alone), tables.md
+(paper Tables II and III on this data), histogram.csv and figures/*.png|pdf
+(paper Figs. 7-14). Model outputs are cached under --cache (default
+OUT/cache): rerunning resumes an interrupted sweep, and a new grid over the
+same models and data only runs the selections it has not seen. See
+docs/sweep.md for the grid file format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from ..cli import add_data_options, add_model_options, load_pair, progress_bar
+
+HELP = "a grid of operating points in one pass: results, frontier, tables, figures"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_options(parser)
+    add_data_options(parser)
+    group = parser.add_argument_group("sweep")
+    group.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    group.add_argument(
+        "--grid",
+        default="paper",
+        metavar="FILE.toml",
+        help="grid: 'paper' (the paper's grids), 'small' (a fast demo grid) or a TOML file",
+    )
+    group.add_argument(
+        "--codec",
+        default="raw",
+        choices=("raw", "png", "jpeg"),
+        help="wire codec for the bytes-per-image columns",
+    )
+    group.add_argument("--quality", type=int, default=90, help="JPEG quality of --codec jpeg")
+    group.add_argument(
+        "--target-drop",
+        type=float,
+        default=1.0,
+        metavar="P",
+        help="best.json: cheapest point within P accuracy points of the server alone",
+    )
+    group.add_argument("--cache", metavar="DIR", help="model-output cache (default: OUT/cache)")
+    group.add_argument("--no-cache", action="store_true", help="keep model outputs in memory only")
+    group.add_argument(
+        "--chunk-size",
+        type=int,
+        default=512,
+        metavar="N",
+        help="images per cache chunk (rounded up to whole batches)",
+    )
+    group.add_argument("--no-figures", action="store_true", help="skip the figures")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..data import discover
+    from ..sweep import SweepGrid, run_sweep
+
+    grid = SweepGrid.named(args.grid)
+    samples, _ = discover(args.data, args.labels, args.limit)
+    edge, server = load_pair(args)
+    start = time.monotonic()
+    with ExitStack() as stack:
+        bars: dict[str, Any] = {}
+
+        def progress(phase: str, n: int, total: int) -> None:
+            bar = bars.get(phase)
+            if bar is None:
+                unit = "img" if phase == "edge" else "sel"
+                desc = "edge pass" if phase == "edge" else "server (image, selection)"
+                bar = stack.enter_context(progress_bar(total, desc, unit))
+                bars[phase] = bar
+            bar.update(n)
+
+        result = run_sweep(
+            edge,
+            server,
+            samples,
+            grid,
+            args.out,
+            batch_size=args.batch_size,
+            codec=args.codec,
+            cache_dir=args.cache,
+            target_drop=args.target_drop,
+            progress=progress,
+            figures=not args.no_figures,
+            quality=args.quality,
+            use_cache=not args.no_cache,
+            chunk_size=args.chunk_size,
+        )
+    wall = time.monotonic() - start
+
+    def pct(v: float | None) -> str:
+        return "n/a" if v is None else f"{100 * v:.2f}%"
+
+    st = result.stats
+    print(
+        f"{result.meta['images']} images ({result.meta['skipped_files']} skipped), "
+        f"{len(result.points)} grid points | edge {pct(result.edge_accuracy)}, "
+        f"server {pct(result.server_accuracy)}"
+    )
+    b = result.best
+    if b is not None:
+        gate = "no gating" if b["measure"] == "none" else f"{b['measure']} eta {b['eta']:g}"
+        print(
+            f"best within {args.target_drop:g} points: {b['score']} {b['rule']} "
+            f"{b['threshold']:g}, {gate} -> {pct(b['accuracy'])}, communication cost "
+            f"{b['communication_cost']:.4f}"
+            + ("" if b["within_target"] else " (no point was within the target)")
+        )
+    print(
+        f"model calls: edge {st.edge_images} images, server {st.server_images} selections "
+        f"(+{st.server_encoder_images} full images for its own scores); "
+        f"{st.cached_selections}/{st.distinct_selections} selections from the cache | "
+        f"{wall:.1f}s"
+    )
+    print(f"wrote {len(result.files)} files to {Path(args.out)}")
+    return 0

@@ -1,0 +1,467 @@
+"""collabvit.sweep: grid points equal engine.evaluate, model calls are counted and cached."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from collabvit import sweep as sweep_mod
+from collabvit.attention import forward_with_scores
+from collabvit.cli import main
+from collabvit.data import Sample, discover, iter_batches
+from collabvit.engine import OperatingPoint, evaluate
+from collabvit.errors import ConfigError
+from collabvit.gating import uncertainty
+from collabvit.models import LoadedModel, load_model
+from collabvit.selection import select_patches
+from collabvit.sweep import (
+    PAPER_DELTA_SUMS,
+    PAPER_ETAS,
+    Series,
+    SweepGrid,
+    choose_best,
+    pareto_frontier,
+    run_sweep,
+)
+
+N_IMAGES = 24
+BATCH = 8
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pair(small_pair: tuple[Path, Path]) -> tuple[LoadedModel, LoadedModel]:
+    edge_json, server_json = small_pair
+    return load_model(str(edge_json)), load_model(str(server_json))
+
+
+@pytest.fixture(scope="module")
+def photos(imagenet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    """24 real photos plus one unreadable file in the middle (it shifts batch boundaries)."""
+    folder = tmp_path_factory.mktemp("photos")
+    lines = (imagenet_dir / "labels.csv").read_text().splitlines()[1 : N_IMAGES + 1]
+    rows = ["file,label"]
+    for i, line in enumerate(lines):
+        name, label = line.split(",")[:2]
+        (folder / name).symlink_to(imagenet_dir / "images" / name)
+        rows.append(f"{name},{label}")
+        if i == 10:
+            (folder / "broken.JPEG").write_bytes(b"not a jpeg at all")
+            rows.append("broken.JPEG,3")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    samples, _ = discover(folder, folder / "labels.csv")
+    assert len(samples) == N_IMAGES + 1
+    return samples
+
+
+def _edge_outputs(
+    edge: LoadedModel, samples: list[Sample], scores: tuple[str, ...] = ("mean",)
+) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor], list[Sample]]:
+    """Gate statistics and scores of every readable image, batched as evaluate batches."""
+    values: dict[str, list[np.ndarray]] = {m: [] for m in ("min-entropy", "shannon", "margin")}
+    sc: dict[str, list[torch.Tensor]] = {s: [] for s in scores}
+    kept: list[Sample] = []
+    for batch in iter_batches(samples, edge.preprocessing, BATCH, []):
+        logits, out = forward_with_scores(edge, edge.normalise(batch.pixels), scores)
+        for m in values:
+            values[m].append(uncertainty(logits, m).numpy())
+        for s in scores:
+            sc[s].append(out[s])
+        kept += batch.samples
+    return (
+        {m: np.concatenate(v) for m, v in values.items()},
+        {s: torch.cat(v) for s, v in sc.items()},
+        kept,
+    )
+
+
+def _between(values: np.ndarray, q: float) -> float:
+    """A threshold strictly between two neighbouring values near quantile q."""
+    v = np.unique(values)
+    i = min(max(1, round(q * len(v))), len(v) - 1)
+    return float((v[i - 1] + v[i]) / 2)
+
+
+@contextmanager
+def _count_calls(model: LoadedModel) -> Iterator[list[int]]:
+    """Images through the model, counted by a hook on its first block."""
+    seen = [0]
+
+    def hook(_m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
+        seen[0] += int(inputs[0].shape[0])
+
+    handle = model.model.blocks[0].register_forward_hook(hook)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def test_every_grid_point_equals_evaluate(
+    pair: tuple[LoadedModel, LoadedModel], photos: list[Sample], tmp_path: Path
+) -> None:
+    edge, server = pair
+    values, _, _ = _edge_outputs(edge, photos)
+    eta = {m: _between(v, 0.5) for m, v in values.items()}
+    grid = SweepGrid(
+        series=(
+            Series("attention-sum", (0.9,), "min-entropy", (eta["min-entropy"],)),
+            Series("attention-sum", (0.8,), "shannon", (eta["shannon"],), score="rollout"),
+            Series("top-k", (20,), "margin", (eta["margin"],), score="rollout-standard"),
+            Series("threshold", (1 / 64,), "min-entropy", (eta["min-entropy"],)),
+            Series("random", (30,), "none"),
+            Series("top-k", "all", "shannon", (eta["shannon"],)),
+            Series("top-k", "auto", "none"),
+            Series("threshold", "auto", "none"),
+        ),
+        reference_delta_sums=(0.85, 0.95),
+        encoder_thresholds=(0.9,),
+        seed=3,
+    )
+    result = run_sweep(
+        edge,
+        server,
+        photos,
+        grid,
+        tmp_path / "out",
+        batch_size=BATCH,
+        figures=False,
+        chunk_size=BATCH,
+    )
+    assert result.meta["skipped_files"] == 1
+    edge_points = [p for p in result.points if p.encoder == "edge"]
+    rules = {p.rule for p in edge_points}
+    measures = {p.measure for p in edge_points}
+    assert rules == {"top-k", "threshold", "attention-sum", "random"}
+    assert measures == {"min-entropy", "shannon", "margin", "none"}
+    rows = {id(p): r for p, r in sweep_mod.iter_points(result)}
+    for p in edge_points:
+        point = p.operating_point(grid.include_crossing, grid.seed)
+        ref = evaluate(edge, server, photos, point, batch_size=BATCH)
+        got = result.records(point)
+        assert got == ref.records, p
+        row = rows[id(p)]
+        for key in (
+            "accuracy",
+            "edge_accuracy",
+            "transmit_ratio",
+            "mean_patches_transmitted",
+            "communication_cost",
+        ):
+            assert row[key] == ref.summary[key], (p, key)
+        assert row["server_flops_ratio"] == pytest.approx(ref.summary["server_flops_ratio"])
+        assert row["raised_to_one_patch"] == ref.summary["raised_to_one_patch"]
+        sent = [r for r in ref.records if r.transmitted]
+        assert row["mean_patches_all"] == sum(r.num_patches for r in sent) / len(ref.records)
+    # a few points transmit only part of the images, so the gate is exercised
+    ratios = {result.grid_rows()[i]["transmit_ratio"] for i in range(len(result.points))}
+    assert any(0 < r < 1 for r in ratios)
+    # server-only accuracy is the full-image selection
+    full = evaluate(
+        edge, server, photos, OperatingPoint("mean", "top-k", 64, "none", 0.0), batch_size=BATCH
+    )
+    assert result.server_accuracy == full.summary["accuracy"]
+    # the Fig. 14 point: the server's own scores choose, every image is sent
+    enc = [r for r in result.grid_rows() if r["encoder"] == "server"]
+    assert len(enc) == 1 and enc[0]["transmit_ratio"] == 1.0
+
+
+def test_model_calls_once_per_image_and_distinct_selection(
+    pair: tuple[LoadedModel, LoadedModel],
+    photos: list[Sample],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sweep_mod, "SAVE_EVERY_S", 0.0)  # flush after every server batch
+    edge, server = pair
+    values, scores, kept = _edge_outputs(edge, photos)
+    me = values["min-entropy"]
+    etas = tuple(_between(me, q) for q in (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9))
+    assert len(set(etas)) == 7
+    grid = SweepGrid(
+        series=(Series("attention-sum", PAPER_DELTA_SUMS, "min-entropy", etas),),
+        reference_etas=etas,
+    )
+    # the distinct (image, keep mask) pairs, computed here independently
+    expected = 0
+    n = edge.num_patches
+    for j in range(len(kept)):
+        masks = {np.ones(n, dtype=bool).tobytes()}  # server-only accuracy
+        if me[j] >= min(etas):
+            for d in PAPER_DELTA_SUMS:
+                keep = select_patches(scores["mean"][j : j + 1], "attention-sum", d).keep_mask
+                masks.add(keep[0].numpy().tobytes())
+        expected += len(masks)
+    never_sent = int((me < min(etas)).sum())
+    assert never_sent > 0
+
+    cache = tmp_path / "cache"
+    with _count_calls(edge) as e_calls, _count_calls(server) as s_calls:
+        first = run_sweep(
+            edge,
+            server,
+            photos,
+            grid,
+            tmp_path / "a",
+            batch_size=BATCH,
+            cache_dir=cache,
+            figures=False,
+            chunk_size=2 * BATCH,
+        )
+    assert len(first.points) == 70
+    assert e_calls[0] == len(kept) == first.stats.edge_images
+    assert s_calls[0] == expected == first.stats.server_images
+    assert first.stats.distinct_selections == expected
+    assert first.stats.server_encoder_images == 0
+
+    # a new grid over the same models and data: other etas, other measures, whole images
+    new = SweepGrid(
+        series=(
+            Series("attention-sum", PAPER_DELTA_SUMS[::3], "min-entropy", etas[2:]),
+            Series("top-k", "all", "shannon", "auto"),
+            Series("top-k", "all", "margin", (0.0, 0.5)),
+        ),
+        reference_etas=etas,
+    )
+    with _count_calls(edge) as e_calls, _count_calls(server) as s_calls:
+        second = run_sweep(
+            edge,
+            server,
+            photos,
+            new,
+            tmp_path / "b",
+            batch_size=BATCH,
+            cache_dir=cache,
+            figures=False,
+        )
+    assert (e_calls[0], s_calls[0]) == (0, 0)
+    assert second.stats.edge_images == second.stats.server_images == 0
+    assert second.stats.cached_selections == second.stats.distinct_selections > 0
+    a = {(p, r["accuracy"]) for p, r in sweep_mod.iter_points(first)}
+    b = {(p, r["accuracy"]) for p, r in sweep_mod.iter_points(second)}
+    assert b - a == {x for x in b if x[0].rule == "top-k"}  # shared points agree
+
+    # resume: a lost edge chunk and a lost server chunk cost exactly their own calls
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    edge_chunk = np.load(folder / "edge-00001.npz")
+    server_chunk = np.load(folder / "server-00000.npz")
+    lost_images, lost_selections = len(edge_chunk["pos"]), len(server_chunk["pos"])
+    (folder / "edge-00001.npz").unlink()
+    (folder / "server-00000.npz").unlink()
+    with _count_calls(edge) as e_calls, _count_calls(server) as s_calls:
+        third = run_sweep(
+            edge,
+            server,
+            photos,
+            grid,
+            tmp_path / "c",
+            batch_size=BATCH,
+            cache_dir=cache,
+            figures=False,
+        )
+    assert e_calls[0] == lost_images
+    assert s_calls[0] == lost_selections
+    assert [r["accuracy"] for r in third.rows] == [r["accuracy"] for r in first.rows]
+    assert third.rows == first.rows
+
+
+def test_cli_sweep_writes_tables_and_figures(
+    small_pair: tuple[Path, Path], imagenet_dir: Path, tmp_path: Path
+) -> None:
+    edge_json, server_json = small_pair
+    out = tmp_path / "sweep"
+    grid = tmp_path / "grid.toml"
+    # every series of the paper grid, two points per line: every figure and table
+    grid.write_text(
+        """
+reference_delta_sums = [0.9, 0.97]
+reference_etas = [0.4, 0.8]
+encoder_thresholds = [0.9, 0.97]
+
+[[series]]
+thresholds = [0.9, 0.97]
+measure = "min-entropy"
+etas = [0.4, 0.8]
+
+[[series]]
+thresholds = [0.9, 0.97]
+
+[[series]]
+thresholds = [0.9, 0.97]
+score = "rollout"
+
+[[series]]
+thresholds = [0.9, 0.97]
+score = "rollout-standard"
+
+[[series]]
+rule = "top-k"
+thresholds = "auto"
+
+[[series]]
+rule = "threshold"
+thresholds = "auto"
+
+[[series]]
+rule = "random"
+thresholds = "auto"
+
+[[series]]
+rule = "top-k"
+thresholds = "all"
+measure = "shannon"
+etas = "auto"
+
+[[series]]
+rule = "top-k"
+thresholds = "all"
+measure = "margin"
+etas = "auto"
+"""
+    )
+    code = main(
+        [
+            "sweep",
+            "--edge", str(edge_json),
+            "--server", str(server_json),
+            "--data", str(imagenet_dir / "images"),
+            "--labels", str(imagenet_dir / "labels.csv"),
+            "--limit", "8",
+            "--batch-size", "4",
+            "--grid", str(grid),
+            "--codec", "png",
+            "--out", str(out),
+        ]
+    )  # fmt: skip
+    assert code == 0
+    for name in ("results.csv", "results.json", "frontier.csv", "best.json", "tables.md"):
+        assert (out / name).stat().st_size > 0, name
+    for fig in ("tradeoff", "random", "scores", "rules", "measures", "encoder", "histogram"):
+        for ext in ("png", "pdf"):
+            assert (out / "figures" / f"{fig}.{ext}").stat().st_size > 1000, (fig, ext)
+    body = json.loads((out / "results.json").read_text())
+    grid_rows = [r for r in body["rows"] if r["kind"] == "grid"]
+    baselines = {(r["rule"], r["codec"]) for r in body["rows"] if r["kind"] == "baseline"}
+    assert {("full-image-file", "jpeg-q90"), ("full-image-file", "png")} <= baselines
+    assert len(grid_rows) >= 20
+    assert {r["codec"] for r in grid_rows} == {"png"}
+    best = json.loads((out / "best.json").read_text())
+    for key in (
+        "threshold",
+        "eta",
+        "accuracy",
+        "communication_cost",
+        "transmit_ratio",
+        "mean_patches_transmitted",
+    ):
+        assert key in best
+    tables = (out / "tables.md").read_text()
+    assert "Table II" in tables and "Table III" in tables
+    csv_lines = (out / "results.csv").read_text().splitlines()
+    assert csv_lines[0].split(",") == list(sweep_mod.RESULT_FIELDS)
+    assert len(csv_lines) == len(body["rows"]) + 1
+
+
+def test_paper_grid_defaults() -> None:
+    grid = SweepGrid.paper()
+    gated = [s for s in grid.series if s.measure == "min-entropy" and s.rule == "attention-sum"]
+    assert gated[0].thresholds == PAPER_DELTA_SUMS
+    assert gated[0].etas == PAPER_ETAS
+    assert grid.encoder_thresholds == PAPER_DELTA_SUMS
+    assert set(grid.edge_scores()) == {"mean", "rollout", "rollout-standard"}
+    assert {s.rule for s in grid.series} == {"attention-sum", "top-k", "threshold", "random"}
+    assert {s.measure for s in grid.series} == {"min-entropy", "shannon", "margin", "none"}
+    small = SweepGrid.small()
+    assert small.edge_scores() == ("mean",) and not small.encoder_thresholds
+
+
+def test_grid_toml(tmp_path: Path) -> None:
+    path = tmp_path / "grid.toml"
+    path.write_text(
+        """
+base = "none"
+seed = 7
+reference_delta_sums = [0.9, 0.95]
+
+[frontier]
+measures = ["shannon"]
+
+[[series]]
+rule = "attention-sum"
+thresholds = [0.9, 0.95]
+measure = "shannon"
+etas = [1.0, 2]
+
+[[series]]
+rule = "random"
+thresholds = "auto"
+"""
+    )
+    grid = SweepGrid.from_toml(path)
+    assert grid.seed == 7 and grid.frontier.measures == ("shannon",)
+    assert grid.series[0].etas == (1.0, 2.0)
+    assert grid.series[1].thresholds == "auto" and grid.series[1].etas == (0.0,)
+    assert grid.encoder_thresholds == ()
+    assert SweepGrid.from_dict({"seed": 1}).series == SweepGrid.paper().series
+
+    for bad, message in (
+        ({"serie": []}, "unknown grid key"),
+        ({"series": [{"rule": "attention-sum", "thresholds": "auto"}]}, "not available"),
+        ({"series": [{"rule": "top-k", "thresholds": [-1]}]}, ">= 0"),
+        ({"series": [{"measure": "entropy"}]}, "unknown measure"),
+        ({"series": [{"measure": "shannon", "etas": "some"}]}, "etas"),
+        ({"base": "huge"}, "grid base"),
+        ({"frontier": {"rules": "x"}}, "frontier"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            SweepGrid.from_dict(bad)
+    (tmp_path / "broken.toml").write_text("series = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        SweepGrid.from_toml(tmp_path / "broken.toml")
+
+
+def test_frontier_and_best() -> None:
+    rows: list[dict[str, float | None]] = [
+        {"communication_cost": 0.0, "accuracy": 0.70},
+        {"communication_cost": 0.3, "accuracy": 0.80},
+        {"communication_cost": 0.4, "accuracy": 0.79},  # dominated
+        {"communication_cost": 0.5, "accuracy": 0.805},
+        {"communication_cost": 0.9, "accuracy": 0.81},
+        {"communication_cost": 0.9, "accuracy": 0.80},  # same cost, worse
+        {"communication_cost": 0.2, "accuracy": None},  # unlabelled: ignored
+    ]
+    front = pareto_frontier(rows)
+    assert [(r["communication_cost"], r["accuracy"]) for r in front] == [
+        (0.0, 0.70),
+        (0.3, 0.80),
+        (0.5, 0.805),
+        (0.9, 0.81),
+    ]
+    best = choose_best(rows, server_accuracy=0.815, target_drop=1.0)
+    assert best is not None and best["communication_cost"] == 0.5 and best["within_target"]
+    assert best["accuracy_drop_points"] == pytest.approx(1.0)
+    strict = choose_best(rows, server_accuracy=0.9, target_drop=1.0)
+    assert strict is not None and strict["accuracy"] == 0.81 and not strict["within_target"]
+    assert choose_best(rows, None, 1.0) is None
+
+
+def test_bad_arguments(pair: tuple[LoadedModel, LoadedModel], photos: list[Sample]) -> None:
+    edge, server = pair
+    with pytest.raises(ConfigError, match="codec"):
+        run_sweep(edge, server, photos, SweepGrid.small(), None, codec="gif")
+    with pytest.raises(ConfigError, match="target drop"):
+        run_sweep(edge, server, photos, SweepGrid.small(), None, target_drop=-1)
