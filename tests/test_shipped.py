@@ -41,3 +41,28 @@ def test_shipped_pair_is_tiny_vs_base() -> None:
     edge_acc = edge.extra["training"]["test_accuracy"]
     server_acc = server.extra["training"]["test_accuracy"]
     assert server_acc - edge_acc >= 3.0
+
+
+def test_visualize_panel_of_a_shipped_test_image(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    from collabvit.engine import OperatingPoint
+    from collabvit.visualize import visualize_image
+
+    images, labels = shipped_test_split()
+    photo = tmp_path / "t10k-00000.png"
+    Image.fromarray(images[0]).save(photo)
+    edge, server = load_model("fmnist-tiny"), load_model("fmnist-base")
+    out = visualize_image(
+        photo,
+        edge,
+        server,
+        tmp_path / "panel.png",
+        point=OperatingPoint(threshold=0.9),
+        label=int(labels[0]),
+        compare_server=True,
+    )
+    panel = Image.open(out)
+    assert panel.format == "PNG" and panel.width > 400 and panel.height > 150
+    # not a blank canvas: the panel shows the image, maps and text
+    assert len(set(panel.convert("L").getdata())) > 20
