@@ -109,7 +109,7 @@ class Sizes:
                 ServerCase("deit_small_patch16_224", 64, loop_images=16, repeats=2),
                 ServerCase("deit_base_patch16_224", 64, loop_images=8, repeats=1, tokens=False),
             ),
-            edge_repeats=6,
+            edge_repeats=10,
             sweep_images=12,
             sweep_eval_points=2,
             serve_images=32,
@@ -302,8 +302,12 @@ def short_name(model: str) -> str:
 def imagenet_dir() -> Path:
     """The 1,300 shared ImageNet validation photos (``COLLABVIT_SHARED`` overrides)."""
     env = os.environ.get("COLLABVIT_SHARED")
-    shared = Path(env) if env else REPO.parent / "shared"
-    return shared / "data" / "imagenet-val-1300"
+    if env:
+        return Path(env) / "data" / "imagenet-val-1300"
+    for parent in REPO.parents:  # shared/ beside the checkout or above it
+        if (parent / "shared" / "data" / "imagenet-val-1300").is_dir():
+            return parent / "shared" / "data" / "imagenet-val-1300"
+    return REPO.parent / "shared" / "data" / "imagenet-val-1300"
 
 
 # --------------------------------------------------------------------------- machine
@@ -383,7 +387,7 @@ def conditions() -> dict[str, Any]:
 
 # --------------------------------------------------------------------------- report
 
-SCHEMA = 1
+SCHEMA = 2
 
 
 def _fmt_met(r: Result) -> str:
@@ -400,7 +404,6 @@ def _cell(text: str) -> str:
 
 def render_markdown(report: Mapping[str, Any]) -> str:
     m = report["machine"]
-    start, end = report["conditions_start"], report["conditions_end"]
     clock = report["clock"]
     clock_text = (
         "this process's CPU time (`time.process_time`); wall-clock ratios are in the details"
@@ -417,8 +420,12 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "side in this run: cases timed in rotation after a warm-up, medians over the repeats. "
         "Models have random weights (no pretrained weights offline).",
         "",
-        f"Run: {report['mode']} sizes, {report['generated']}, clock: {clock_text}; "
-        f"{m['intra_op_threads']} intra-op thread(s) (`--threads`).",
+        f"Clock: {clock_text}; {m['intra_op_threads']} intra-op thread(s) (`--threads`). "
+        + (
+            f"Rows come from {len(report['runs'])} runs (listed below)."
+            if len(report["runs"]) > 1
+            else f"One {report['runs'][0]['mode']} run, {report['runs'][0]['time']}."
+        ),
         "",
         "| # | Figure | Measured | Goal | Met | Command |",
         "|---|---|---|---|---|---|",
@@ -437,18 +444,18 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         f"- torch {m['torch']} (MKL {m['mkl']}, oneDNN {m['mkldnn']}), timm {m['timm']}, "
         f"Python {m['python']}, {m['platform']}",
         f"- threads: {m['intra_op_threads']} intra-op, {m['inter_op_threads']} inter-op",
-        f"- load average (1, 5, 15 min) at start {start['load_average']}, "
-        f"at end {end['load_average']}",
     ]
-    if report.get("elapsed_s") is not None:
+    for run in report["runs"]:
         lines.append(
-            f"- this run took {report['elapsed_s']:.0f} s wall-clock, {report['cpu_s']:.0f} s "
-            "of CPU time in the harness process and its children (the load-test server)"
+            f"- run of {run['time']} ({run['mode']} sizes; {', '.join(run['items'])}): "
+            f"{run['elapsed_s']:.0f} s wall-clock, {run['cpu_s']:.0f} s of CPU time in the "
+            "harness process and its children (the load-test server); load average "
+            f"(1, 5, 15 min) {run['load_start']} at the start, {run['load_end']} at the end"
         )
-    busy = start.get("busy_processes") or []
-    if busy:
-        lines.append("- other processes using the CPU when the run started:")
-        lines += [f"  - `{p}`" for p in busy]
+        busy = run.get("busy_processes") or []
+        if busy:
+            lines.append("  - other processes using the CPU when it started:")
+            lines += [f"    - `{p}`" for p in busy]
     lines += ["", "## Details", ""]
     for i, r in enumerate(report["results"], start=1):
         lines += [f"### {i}. {r['figure']}", ""]
@@ -466,6 +473,10 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def asdict_rows(results: Sequence[Result]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in results]
+
+
 def write_report(
     results: Sequence[Result],
     machine: Mapping[str, Any],
@@ -480,27 +491,40 @@ def write_report(
 ) -> dict[str, Any]:
     """Write ``out_md`` and the JSON next to it; with ``merge`` keep rows not rerun."""
     out_json = out_md.with_suffix(".json")
-    rows = [asdict(r) for r in results]
+    rows = asdict_rows(results)
     order = ["subset", "tokens", "edge", "sweep", "serve", "serve-paper", "bytes"]
+    old_runs: list[dict[str, Any]] = []
     if merge and out_json.is_file():
         try:
             old = json.loads(out_json.read_text())
         except ValueError:
             old = {}
-        if old.get("schema") == SCHEMA:
+        if old.get("schema") == SCHEMA and old.get("clock") == clock:
             fresh = {r["name"] for r in rows}
             rows += [r for r in old.get("results", []) if r.get("name") not in fresh]
+            old_runs = list(old.get("runs", []))
     rows.sort(key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
+    run = {
+        "time": start["time"],
+        "mode": mode,
+        "clock": clock,
+        "items": [r["name"] for r in asdict_rows(results)],
+        "elapsed_s": round(elapsed_s or 0.0, 1),
+        "cpu_s": round(cpu_s or 0.0, 1),
+        "load_start": start.get("load_average"),
+        "load_end": end.get("load_average"),
+        "busy_processes": start.get("busy_processes") or [],
+    }
+    kept = {r["name"] for r in rows}
+    runs = [old_run for old_run in old_runs if any(name in kept for name in old_run["items"])] + [
+        run
+    ]
     report = {
         "schema": SCHEMA,
         "generated": start["time"],
-        "mode": mode,
         "clock": clock,
         "machine": dict(machine),
-        "conditions_start": dict(start),
-        "conditions_end": dict(end),
-        "elapsed_s": None if elapsed_s is None else round(elapsed_s, 1),
-        "cpu_s": None if cpu_s is None else round(cpu_s, 1),
+        "runs": runs,
         "results": rows,
     }
     out_md.parent.mkdir(parents=True, exist_ok=True)

@@ -21,9 +21,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _shared_dir() -> Path:
+    """shared/ beside the checkout (as CI lays it), or COLLABVIT_SHARED."""
     env = os.environ.get("COLLABVIT_SHARED")
     if env:
         return Path(env)
+    for parent in REPO.parents:
+        if (parent / "shared" / "data" / "imagenet-val-1300").is_dir():
+            return parent / "shared"
     return REPO.parent / "shared"
 
 

@@ -56,6 +56,10 @@ def _smoke_sizes(edge: Path, server: Path) -> Sizes:
     )
 
 
+def names_of(report: dict[str, Any]) -> list[str]:
+    return [r["name"] for r in report["results"]]
+
+
 def _fake_run_load(config: Any, point: Any) -> dict[str, Any]:
     """What benchmarks.load.run_load returns, without starting a server process."""
     phase = {"requests": 10, "errors": {}, "requests_per_s": 4.0, "p50_ms": 1.0, "p99_ms": 2.0}
@@ -87,7 +91,8 @@ def test_harness_writes_the_report(
     argv = ["--out", str(out), "--data", str(imagenet_dir), "--quiet"]
     assert main(argv, _smoke_sizes(edge, server)) == 0
     report = json.loads(out.with_suffix(".json").read_text())
-    assert report["schema"] == 1
+    assert report["schema"] == 2
+    assert [run["items"] for run in report["runs"]] == [names_of(report)]
     assert {"cpu_model", "logical_cores", "torch", "intra_op_threads"} <= set(report["machine"])
     names = [r["name"] for r in report["results"]]
     assert names == ["subset", "tokens", "edge", "sweep", "serve", "serve-paper", "bytes"]
@@ -118,6 +123,8 @@ def test_only_merges_into_the_existing_report(
     assert main([*common, "--only", "bytes"], sizes) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert [r["name"] for r in report["results"]] == ["edge", "bytes"]
+    assert [run["items"] for run in report["runs"]] == [["edge"], ["bytes"]]
+    assert "Rows come from 2 runs" in out.read_text()
 
 
 def test_unknown_item_is_refused(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import IMAGENET_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -30,7 +31,7 @@ from collabvit.wire import (
     payload_bits,
 )
 
-PHOTO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-val-1300" / "images"
+PHOTO_DIR = IMAGENET_DIR / "images"
 HEADER = struct.Struct("<4sBBBBBHHHI")
 FIELDS = (
     "magic",
