@@ -347,7 +347,7 @@ def plot_encoder(rows: Sequence[Row], info: Mapping[str, Any], stem: Path) -> li
             info,
             "Semantic encoder: whose mean attention picks the patches (attention-sum, no gating)",
         ),
-        ylabel=f"top-1 accuracy of the server ({info['server']}) (%)",
+        ylabel="top-1 accuracy of the server (%)",
     )
     return _save(fig, stem)
 
@@ -366,6 +366,10 @@ def plot_histogram(hist: Mapping[str, Any], info: Mapping[str, Any], stem: Path)
 
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
     n = hist.get("num_patches") or info.get("num_patches")
     if n:
         ax.axvline(1.0 / n, color="black", ls="--", lw=1.0, label=f"uniform score 1/N (N = {n})")

@@ -77,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
         def progress(phase: str, n: int, total: int) -> None:
             bar = bars.get(phase)
             if bar is None:
+                for done in bars.values():  # a finished phase keeps its own rate
+                    done.close()
                 unit = "img" if phase == "edge" else "sel"
                 desc = "edge pass" if phase == "edge" else "server (image, selection)"
                 bar = stack.enter_context(progress_bar(total, desc, unit))
