@@ -71,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
 
         def progress(phase: str, n: int, total: int) -> None:
             if phase not in bars:
+                for done in bars.values():  # a finished phase keeps its own rate
+                    done.close()
                 desc = "edge pass" if phase == "edge" else "server (image, selection)"
                 bars[phase] = stack.enter_context(
                     progress_bar(total, desc, "img" if phase == "edge" else "sel")
