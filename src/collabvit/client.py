@@ -35,13 +35,10 @@ from typing import Any
 import httpx
 import torch
 
-from .attention import forward_with_scores
 from .data import Sample, iter_batches, load_image
-from .engine import OperatingPoint
+from .engine import OperatingPoint, decide_on_edge
 from .errors import ConfigError, ServerError
-from .gating import transmit_mask, uncertainty
 from .models import LoadedModel
-from .selection import select_patches
 from .wire import CODECS, encode, full_image_bytes
 
 __all__ = [
@@ -197,23 +194,13 @@ class EdgeClient:
         edge, point, cfg = self.edge, self.point, self.config
         for batch in iter_batches(samples, edge.preprocessing, cfg.batch_size, skipped):
             pixels = batch.pixels.to(edge.device)  # (B, C, H, W) uint8
-            logits, scores = forward_with_scores(edge, edge.normalise(pixels), (point.score,))
-            edge_pred = logits.argmax(-1).tolist()
-            values = uncertainty(logits, point.measure)
-            sent = transmit_mask(values, point.measure, point.eta)
-            ids = torch.tensor([s.index for s in batch.samples])
-            rows = sent.nonzero().flatten().tolist()
+            decided = decide_on_edge(edge, pixels, batch.samples, point)
+            edge_pred, values = decided.edge_pred, decided.uncertainty
             masks: dict[int, torch.Tensor] = {}
-            if rows:
-                sel = select_patches(
-                    scores[point.score][rows],
-                    point.rule,
-                    point.threshold,
-                    point.include_crossing,
-                    point.seed,
-                    ids[rows],
-                )
-                masks = {row: sel.keep_mask[j].cpu() for j, row in enumerate(rows)}
+            if decided.selection is not None:
+                masks = {
+                    row: decided.selection.keep_mask[j].cpu() for j, row in enumerate(decided.rows)
+                }
             decisions = []
             for j, s in enumerate(batch.samples):
                 mask = masks.get(j)

@@ -28,14 +28,16 @@ from .data import Sample, iter_batches
 from .errors import ConfigError, DataError
 from .gating import MEASURES, transmit_mask, uncertainty
 from .models import LoadedModel, forward_subset
-from .selection import RULES, select_patches
+from .selection import RULES, Selection, select_patches
 
 __all__ = [
     "RECORD_FIELDS",
+    "EdgeBatchDecision",
     "EvaluationResult",
     "ImageRecord",
     "OperatingPoint",
     "check_pair",
+    "decide_on_edge",
     "evaluate",
     "summarise",
     "wire_bytes",
@@ -184,6 +186,43 @@ def write_summary(summary: dict[str, Any], path: str | Path) -> None:
     Path(path).write_text(json.dumps(summary, indent=2) + "\n")
 
 
+@dataclass
+class EdgeBatchDecision:
+    """The edge's half of Algorithm 1 for one batch: predict, gate, select."""
+
+    edge_pred: list[int]  # (B,)
+    uncertainty: torch.Tensor  # (B,) float64, the gate's statistic
+    transmitted: torch.Tensor  # (B,) bool
+    rows: list[int]  # positions of the transmitted images in the batch
+    selection: Selection | None  # keep masks of ``rows`` (None when nothing is sent)
+
+
+@torch.no_grad()
+def decide_on_edge(
+    edge: LoadedModel, pixels: torch.Tensor, samples: Sequence[Sample], point: OperatingPoint
+) -> EdgeBatchDecision:
+    """Edge forward, gate and patch selection for one batch of uint8 pixels (B, C, H, W).
+
+    Shared by :func:`evaluate` and the edge client, so both decide identically.
+    """
+    logits, scores = forward_with_scores(edge, edge.normalise(pixels), (point.score,))
+    values = uncertainty(logits, point.measure)
+    sent = transmit_mask(values, point.measure, point.eta)
+    rows = sent.nonzero().flatten().tolist()
+    selection = None
+    if rows:
+        ids = torch.tensor([s.index for s in samples])
+        selection = select_patches(
+            scores[point.score][rows],
+            point.rule,
+            point.threshold,
+            point.include_crossing,
+            point.seed,
+            ids[rows],
+        )
+    return EdgeBatchDecision(logits.argmax(-1).tolist(), values, sent, rows, selection)
+
+
 def _hwc(pixels: torch.Tensor) -> np.ndarray:
     """(C, H, W) uint8 tensor -> (H, W, C) numpy for Pillow."""
     return pixels.permute(1, 2, 0).cpu().numpy()
@@ -231,24 +270,18 @@ def evaluate(
     full_sizes = {"jpeg": 0, "png": 0}
     for batch in iter_batches(samples, edge.preprocessing, batch_size, skipped):
         pixels = batch.pixels.to(device)
-        logits, scores = forward_with_scores(edge, edge.normalise(pixels), (point.score,))
-        edge_pred = logits.argmax(-1).tolist()
-        values = uncertainty(logits, point.measure)
-        sent = transmit_mask(values, point.measure, point.eta)
-        ids = torch.tensor([s.index for s in batch.samples])
+        decided = decide_on_edge(edge, pixels, batch.samples, point)
+        edge_pred, values, sent, rows, sel = (
+            decided.edge_pred,
+            decided.uncertainty,
+            decided.transmitted,
+            decided.rows,
+            decided.selection,
+        )
         server_pred: list[int | None] = [None] * len(batch.samples)
         counts = [0] * len(batch.samples)
         sizes: list[int | None] = [None if codec is None else 0] * len(batch.samples)
-        rows = sent.nonzero().flatten().tolist()
-        if rows:
-            sel = select_patches(
-                scores[point.score][rows],
-                point.rule,
-                point.threshold,
-                point.include_crossing,
-                point.seed,
-                ids[rows],
-            )
+        if sel is not None:
             raised += int(sel.raised_to_one.sum())
             server_in = server.normalise(pixels[rows].to(server.device))
             out = forward_subset(server, server_in, sel.keep_mask.to(server.device))
