@@ -39,6 +39,7 @@ __all__ = [
     "check_pair",
     "decide_on_edge",
     "evaluate",
+    "make_record",
     "summarise",
     "wire_bytes",
     "write_records",
@@ -98,6 +99,34 @@ class ImageRecord:
     server_pred: int | None
     final_pred: int
     bytes_sent: int | None = None  # wire bytes when a codec is given (0 when kept on the edge)
+
+
+def make_record(
+    sample: Sample,
+    edge_pred: int,
+    value: float,
+    transmitted: bool,
+    num_patches: int,
+    server_pred: int | None,
+    bytes_sent: int | None = None,
+) -> ImageRecord:
+    """One image's record: the server's answer when transmitted, the edge's otherwise.
+
+    The one record builder of :func:`evaluate` and :func:`collabvit.sweep.run_sweep`.
+    """
+    final = server_pred if transmitted and server_pred is not None else edge_pred
+    return ImageRecord(
+        sample.index,
+        sample.file,
+        sample.label,
+        int(edge_pred),
+        float(value),
+        bool(transmitted),
+        int(num_patches) if transmitted else 0,
+        int(server_pred) if transmitted and server_pred is not None else None,
+        int(final),
+        bytes_sent,
+    )
 
 
 @dataclass
@@ -297,19 +326,14 @@ def evaluate(
                 full_sizes["jpeg"] += wire.full_image_bytes(_hwc(pixels[j]), "jpeg", 90)
                 full_sizes["png"] += wire.full_image_bytes(_hwc(pixels[j]), "png")
         for j, s in enumerate(batch.samples):
-            sp = server_pred[j]
-            final = sp if sp is not None else edge_pred[j]
             records.append(
-                ImageRecord(
-                    s.index,
-                    s.file,
-                    s.label,
+                make_record(
+                    s,
                     edge_pred[j],
                     float(values[j]),
                     bool(sent[j]),
                     counts[j],
-                    sp,
-                    int(final),
+                    server_pred[j],
                     sizes[j],
                 )
             )

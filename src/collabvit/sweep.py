@@ -53,7 +53,7 @@ import torch
 from . import wire
 from .attention import SCORES, forward_with_scores
 from .data import Sample, iter_batches
-from .engine import ImageRecord, OperatingPoint, check_pair
+from .engine import ImageRecord, OperatingPoint, check_pair, make_record
 from .errors import ConfigError, DataError
 from .gating import MEASURES, transmit_mask, uncertainty
 from .models import LoadedModel, forward_subset
@@ -534,29 +534,6 @@ class _ComboData:
     count: npt.NDArray[np.int64]  # patches kept
     nbytes: npt.NDArray[np.int64]  # wire bytes
     raised: npt.NDArray[np.bool_]
-
-
-def make_record(
-    sample: Sample,
-    edge_pred: int,
-    value: float,
-    transmitted: bool,
-    num_patches: int,
-    server_pred: int | None,
-) -> ImageRecord:
-    """One image's :class:`~collabvit.engine.ImageRecord`, built as ``engine.evaluate`` does."""
-    final = server_pred if transmitted and server_pred is not None else edge_pred
-    return ImageRecord(
-        sample.index,
-        sample.file,
-        sample.label,
-        int(edge_pred),
-        float(value),
-        bool(transmitted),
-        int(num_patches) if transmitted else 0,
-        int(server_pred) if transmitted and server_pred is not None else None,
-        int(final),
-    )
 
 
 @dataclass
