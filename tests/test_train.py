@@ -7,13 +7,17 @@ import json
 import struct
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from collabvit.errors import ConfigError
 from collabvit.fmnist import read_idx, shipped_test_split
 from collabvit.models import load_model
+from collabvit.training import TRAIN_CONFIGS, TrainConfig, train
 
 
 def _write_idx(path: Path, array: np.ndarray) -> None:
@@ -88,3 +92,34 @@ def test_train_missing_data_is_one_clear_line(tmp_path: Path) -> None:
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert lines == [lines[-1]] and "Fashion-MNIST train files not found" in lines[-1]
     assert "Traceback" not in result.stderr
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_patch_dropout_training_resumes_bit_for_bit(tmp_path: Path) -> None:
+    """An interrupted run with patch dropout, resumed, ends with the same weights."""
+    data = _small_fmnist(tmp_path / "fmnist")
+    cfg = replace(TRAIN_CONFIGS["fmnist-tiny"], patch_drop=0.5)
+    straight = train(cfg, tmp_path / "a", data, epochs=2)
+
+    def stop_in_second_epoch(step: int, total: int, stats: dict[str, float]) -> None:
+        if stats["epoch"] == 2:
+            raise _Interrupt
+
+    with pytest.raises(_Interrupt):
+        train(cfg, tmp_path / "b", data, epochs=2, progress=stop_in_second_epoch)
+    resumed = train(cfg, tmp_path / "b", data, epochs=2)
+
+    assert [h["patch_drop"] for h in resumed["training"]["history"]] == [0.5, 0.5]
+    a = load_model(str(tmp_path / "a" / "fmnist-tiny.json")).model.state_dict()
+    b = load_model(str(tmp_path / "b" / "fmnist-tiny.json")).model.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert straight["training"]["history"][1]["loss"] == resumed["training"]["history"][1]["loss"]
+
+
+def test_patch_drop_out_of_range_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="patch_drop"):
+        TrainConfig("x", embed_dim=48, depth=1, num_heads=3, patch_drop=1.0)
