@@ -19,6 +19,7 @@ from collabvit.errors import CheckpointError, ModelError
 from collabvit.models import (
     LoadedModel,
     Preprocessing,
+    forward_kept,
     forward_subset,
     load_model,
     plan_buckets,
@@ -150,6 +151,25 @@ def test_dropping_patches_changes_the_output_but_unkept_pixels_are_never_read() 
     row, col = divmod(kept, loaded.grid_size[1])
     x2[..., row * p : (row + 1) * p, col * p : (col + 1) * p] = 100.0
     assert not torch.allclose(forward_subset(loaded, x2, keep), out, atol=1e-3)
+
+
+def test_forward_kept_trains_on_the_kept_patches_only() -> None:
+    """Gradients reach every kept pixel and no unkept one, rows of mixed length included."""
+    loaded = load_model("fmnist-base")
+    model = loaded.model
+    x = torch.randn(3, 1, 28, 28, requires_grad=True)
+    keep = _masks(loaded.num_patches, [49, 30, 7], seed=6)
+    logits = forward_kept(model, x, keep)
+    torch.testing.assert_close(
+        logits, forward_subset(loaded, x.detach(), keep), rtol=1e-4, atol=1e-5
+    )
+    logits.logsumexp(dim=1).sum().backward()
+    assert x.grad is not None
+    p = loaded.patch_size
+    per_patch = x.grad.abs().unfold(2, p, p).unfold(3, p, p).sum(dim=(1, 4, 5)).flatten(1)
+    assert bool((per_patch[~keep] == 0).all())
+    assert bool((per_patch[keep] > 0).all())
+    assert all(param.grad is not None for param in model.blocks.parameters())
 
 
 def test_prefix_tokens_are_counted() -> None:

@@ -123,3 +123,24 @@ def test_patch_dropout_training_resumes_bit_for_bit(tmp_path: Path) -> None:
 def test_patch_drop_out_of_range_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="patch_drop"):
         TrainConfig("x", embed_dim=48, depth=1, num_heads=3, patch_drop=1.0)
+
+
+def test_server_trains_on_the_edge_attention_subsets(tmp_path: Path) -> None:
+    """select_with: every step on the shipped edge's attention-sum subsets, recorded."""
+    data = _small_fmnist(tmp_path / "fmnist")
+    cfg = replace(
+        TRAIN_CONFIGS["fmnist-tiny"],
+        select_with="fmnist-tiny",
+        select_share=1.0,
+        select_delta=(0.8, 0.95),
+    )
+    plain = train(replace(cfg, select_with=None), tmp_path / "plain", data, epochs=1)
+    selected = train(cfg, tmp_path / "selected", data, epochs=1)
+    assert selected["training"]["history"][0]["select_with"] == "fmnist-tiny"
+    # the same seed and data: only the inputs the model saw differ
+    assert selected["training"]["history"][0]["loss"] != plain["training"]["history"][0]["loss"]
+
+
+def test_select_delta_out_of_range_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="select_delta"):
+        TrainConfig("x", embed_dim=48, depth=1, num_heads=3, select_delta=(0.0, 1.0))

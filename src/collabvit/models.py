@@ -40,6 +40,7 @@ __all__ = [
     "LoadedModel",
     "Preprocessing",
     "build_vit",
+    "forward_kept",
     "forward_subset",
     "load_model",
     "plan_buckets",
@@ -604,16 +605,32 @@ def forward_subset(
         raise ModelError(f"keep_mask has {n} patches but {loaded.name} takes {loaded.num_patches}")
     counts = keep_mask.sum(1).tolist()
     out = torch.empty(b, loaded.num_classes, device=images.device)
-    positions = torch.arange(n, device=keep_mask.device)
     for bucket in plan_buckets(counts, max_batch, max_padding):
-        k = max(counts[i] for i in bucket)
-        sub_mask = keep_mask[bucket]  # (b', N)
-        # kept indices first in ascending order, then padding slots
-        sort_key = torch.where(sub_mask, positions, positions + n)
-        patch_index = sort_key.argsort(dim=1)[:, :k] % n  # (b', K)
-        valid = torch.arange(k, device=keep_mask.device)[None, :] < sub_mask.sum(1, keepdim=True)
-        all_full = bool(valid.all())
-        out[bucket] = _forward_tokens(
-            model, images[bucket], patch_index, None if all_full else valid
-        ).float()
+        out[bucket] = forward_kept(model, images[bucket], keep_mask[bucket]).float()
     return out
+
+
+def forward_kept(
+    model: VisionTransformer, images: torch.Tensor, keep_mask: torch.Tensor
+) -> torch.Tensor:
+    """Logits from the kept patches of each image, as one padded batch.
+
+    The building block of :func:`forward_subset` (which adds length buckets and
+    no_grad); differentiable, so training can use it to show the model the
+    subsets it will be sent. Rows are padded to the longest and the padding is
+    masked out of every attention.
+
+    Args:
+        model: a timm VisionTransformer.
+        images: (B, C, H, W) normalised input.
+        keep_mask: (B, N) bool, at least one True per row.
+    """
+    n = keep_mask.shape[1]
+    counts = keep_mask.sum(1, keepdim=True)  # (B, 1)
+    k = int(counts.max())
+    positions = torch.arange(n, device=keep_mask.device)
+    # kept indices first in ascending order, then padding slots
+    sort_key = torch.where(keep_mask, positions, positions + n)
+    patch_index = sort_key.argsort(dim=1)[:, :k] % n  # (B, K)
+    valid = torch.arange(k, device=keep_mask.device)[None, :] < counts
+    return _forward_tokens(model, images, patch_index, None if bool(valid.all()) else valid)
