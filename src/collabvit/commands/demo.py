@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 
 HELP = "run the shipped pair on the shipped Fashion-MNIST test set (offline)"
 
@@ -61,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
     from ..models import load_model
     from ..sweep import SweepGrid, run_sweep
 
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(
+            f"--limit {args.limit}: give at least 1 image (the shipped test split has 10,000)"
+        )
     edge = load_model("fmnist-tiny", device=args.device)
     server = load_model("fmnist-base", device=args.device)
     samples = shipped_samples(args.limit)
@@ -171,11 +175,14 @@ def demo_grid() -> Any:
     from ..sweep import ALL, PAPER_ETAS, Series, SweepGrid
 
     deltas = (0.95, 0.97, 0.99)
+    # The paper's eta_m plus the midpoints where a small model's trade-off bends;
+    # more etas cost no server forwards, only bookkeeping.
+    etas = tuple(sorted({*PAPER_ETAS, 0.25, 0.35, 0.5}))
     return SweepGrid(
         series=(
-            Series("attention-sum", deltas, "min-entropy", PAPER_ETAS),  # Fig. 8
+            Series("attention-sum", deltas, "min-entropy", etas),  # Fig. 8
             Series("top-k", ALL, "none"),  # server only
-            Series("top-k", ALL, "min-entropy", PAPER_ETAS),  # the gate alone: whole images
+            Series("top-k", ALL, "min-entropy", etas),  # the gate alone: whole images
         ),
         reference_delta_sums=deltas,
         reference_etas=PAPER_ETAS,
