@@ -626,11 +626,13 @@ def forward_kept(
         keep_mask: (B, N) bool, at least one True per row.
     """
     n = keep_mask.shape[1]
-    counts = keep_mask.sum(1, keepdim=True)  # (B, 1)
-    k = int(counts.max())
+    counts = keep_mask.sum(1)
+    shortest, k = torch.stack(counts.aminmax()).tolist()  # the one host sync
     positions = torch.arange(n, device=keep_mask.device)
     # kept indices first in ascending order, then padding slots
     sort_key = torch.where(keep_mask, positions, positions + n)
     patch_index = sort_key.argsort(dim=1)[:, :k] % n  # (B, K)
-    valid = torch.arange(k, device=keep_mask.device)[None, :] < counts
-    return _forward_tokens(model, images, patch_index, None if bool(valid.all()) else valid)
+    if shortest == k:
+        return _forward_tokens(model, images, patch_index, None)
+    valid = torch.arange(k, device=keep_mask.device)[None, :] < counts[:, None]
+    return _forward_tokens(model, images, patch_index, valid)

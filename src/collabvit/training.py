@@ -207,7 +207,7 @@ def train(
     """
     from safetensors.torch import save_file
 
-    from .models import build_vit, forward_kept
+    from .models import build_vit, forward_kept, load_model
 
     epochs = cfg.epochs if epochs is None else epochs
     out = Path(out_dir)
@@ -247,13 +247,11 @@ def train(
 
     selector = None
     if cfg.select_with is not None:
-        from .models import load_model
-
         selector = load_model(cfg.select_with, device=device)
         selector.model.eval()
 
     labels_t = torch.from_numpy(train_y.astype(np.int64))
-    images_t = torch.from_numpy(np.ascontiguousarray(train_x).copy())
+    images_t = torch.tensor(train_x)  # a writable copy of the (read-only) idx array
     for epoch in range(state.epoch, epochs):
         t0 = time.perf_counter()
         model.train()
@@ -286,8 +284,9 @@ def train(
             if progress is not None:
                 progress(i + 1, steps_per_epoch, {"epoch": epoch + 1, "loss": running / seen})
         acc = evaluate_classifier(model, test_x, test_y, device=device)
+        epoch_s = time.perf_counter() - t0
         state.epoch = epoch + 1
-        state.wall_s += time.perf_counter() - t0
+        state.wall_s += epoch_s
         state.history.append(
             {
                 "epoch": epoch + 1,
@@ -296,7 +295,7 @@ def train(
                 "planned_epochs": epochs,
                 "patch_drop": cfg.patch_drop,
                 "select_with": cfg.select_with,
-                "wall_s": round(time.perf_counter() - t0, 1),
+                "wall_s": round(epoch_s, 1),
             }
         )
         logger.info(
