@@ -36,6 +36,7 @@ __all__ = [
     "EvaluationResult",
     "ImageRecord",
     "OperatingPoint",
+    "check_method",
     "check_pair",
     "decide_on_edge",
     "evaluate",
@@ -60,6 +61,16 @@ RECORD_FIELDS = (
 )
 
 
+def check_method(score: str, rule: str, measure: str) -> None:
+    """Raise ConfigError unless score, rule and measure are ones the method knows."""
+    if score not in SCORES:
+        raise ConfigError(f"unknown score {score!r}: use one of {', '.join(SCORES)}")
+    if rule not in RULES:
+        raise ConfigError(f"unknown rule {rule!r}: use one of {', '.join(RULES)}")
+    if measure not in MEASURES:
+        raise ConfigError(f"unknown measure {measure!r}: use one of {', '.join(MEASURES)}")
+
+
 @dataclass(frozen=True)
 class OperatingPoint:
     """One setting of the method: patch score, selection rule, gate."""
@@ -73,12 +84,7 @@ class OperatingPoint:
     seed: int = 0  # random rule
 
     def __post_init__(self) -> None:
-        if self.score not in SCORES:
-            raise ConfigError(f"unknown score {self.score!r}: use one of {', '.join(SCORES)}")
-        if self.rule not in RULES:
-            raise ConfigError(f"unknown rule {self.rule!r}: use one of {', '.join(RULES)}")
-        if self.measure not in MEASURES:
-            raise ConfigError(f"unknown measure {self.measure!r}: use one of {', '.join(MEASURES)}")
+        check_method(self.score, self.rule, self.measure)
         if not math.isfinite(self.threshold) or self.threshold < 0:
             raise ConfigError(f"threshold must be a finite number >= 0, got {self.threshold}")
         if not math.isfinite(self.eta):

@@ -53,7 +53,7 @@ import torch
 from . import wire
 from .attention import SCORES, forward_with_scores
 from .data import Sample, iter_batches
-from .engine import ImageRecord, OperatingPoint, check_pair, make_record
+from .engine import ImageRecord, OperatingPoint, check_method, check_pair, make_record
 from .errors import ConfigError, DataError
 from .gating import MEASURES, transmit_mask, uncertainty
 from .models import LoadedModel, forward_subset
@@ -189,12 +189,7 @@ class Series:
     score: str = "mean"
 
     def __post_init__(self) -> None:
-        if self.score not in SCORES:
-            raise ConfigError(f"unknown score {self.score!r}: use one of {', '.join(SCORES)}")
-        if self.rule not in RULES:
-            raise ConfigError(f"unknown rule {self.rule!r}: use one of {', '.join(RULES)}")
-        if self.measure not in MEASURES:
-            raise ConfigError(f"unknown measure {self.measure!r}: use one of {', '.join(MEASURES)}")
+        check_method(self.score, self.rule, self.measure)
         if isinstance(self.thresholds, str):
             allowed = {"top-k": (AUTO, ALL), "random": (AUTO, ALL), "threshold": (AUTO,)}
             if self.thresholds not in allowed.get(self.rule, ()):
@@ -1510,6 +1505,25 @@ def run_sweep(
         for p in points
     ]
     frontier_candidates = [r for r in rows if grid.frontier.matches(r)]
+
+    def whole_image(name: str, codec: str, mean_bytes: float) -> dict[str, Any]:
+        """A baseline that sends every image whole to the server."""
+        return _baseline(
+            name,
+            codec,
+            server_acc,
+            n,
+            edge_accuracy=edge_acc,
+            server_accuracy=server_acc,
+            transmit_ratio=1.0,
+            mean_patches_transmitted=float(n_patches),
+            mean_patches_all=float(n_patches),
+            communication_cost=1.0,
+            server_flops_ratio=1.0,
+            bytes_per_image=mean_bytes,
+            bytes_per_transmitted_image=mean_bytes,
+        )
+
     baselines = [
         _baseline(
             "edge-only",
@@ -1526,41 +1540,12 @@ def run_sweep(
             bytes_per_image=0.0,
             bytes_per_transmitted_image=0.0,
         ),
-        _baseline(
-            "server-only",
-            str(common["codec"]),
-            server_acc,
-            n,
-            edge_accuracy=edge_acc,
-            server_accuracy=server_acc,
-            transmit_ratio=1.0,
-            mean_patches_transmitted=float(n_patches),
-            mean_patches_all=float(n_patches),
-            communication_cost=1.0,
-            server_flops_ratio=1.0,
-            bytes_per_image=float(full.nbytes.mean()),
-            bytes_per_transmitted_image=float(full.nbytes.mean()),
-        ),
+        whole_image("server-only", str(common["codec"]), float(full.nbytes.mean())),
     ]
-    for fmt, key in (("jpeg-q90", "jpeg_q90"), ("png", "png")):
-        mean_bytes = float(edge_data.full_bytes[key].mean())
-        baselines.append(
-            _baseline(
-                "full-image-file",
-                fmt,
-                server_acc,
-                n,
-                edge_accuracy=edge_acc,
-                server_accuracy=server_acc,
-                transmit_ratio=1.0,
-                mean_patches_transmitted=float(n_patches),
-                mean_patches_all=float(n_patches),
-                communication_cost=1.0,
-                server_flops_ratio=1.0,
-                bytes_per_image=mean_bytes,
-                bytes_per_transmitted_image=mean_bytes,
-            )
-        )
+    baselines += [
+        whole_image("full-image-file", fmt, float(edge_data.full_bytes[key].mean()))
+        for fmt, key in (("jpeg-q90", "jpeg_q90"), ("png", "png"))
+    ]
     all_rows = rows + baselines
     frontier = pareto_frontier(frontier_candidates + baselines[:1])
     best = choose_best(frontier_candidates, server_acc, target_drop)
