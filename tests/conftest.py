@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,12 @@ def small_pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     edge = write_model_json(folder, "small-edge", seed=1, embed_dim=32, depth=2, num_heads=2)
     server = write_model_json(folder, "small-server", seed=2, embed_dim=64, depth=3, num_heads=4)
     return edge, server
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """One intra-op thread: on a busy 2-core machine more threads only wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -23,13 +23,7 @@ from collabvit.models import LoadedModel, Preprocessing, load_model
 ALL_SCORES = ("mean", "rollout", "rollout-standard")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Any:
-    """One intra-op thread: on a busy 2-core machine more threads only wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _register_vit() -> LoadedModel:
