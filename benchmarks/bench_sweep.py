@@ -151,41 +151,29 @@ def run(ctx: Context) -> list[Result]:
         sweep_result: Any = None
         sweep_cpu = sweep_wall = 0.0
         half = (len(points) + 1) // 2
+
+        def sweep_once() -> Any:
+            return run_sweep(
+                edge,
+                server,
+                samples,
+                grid,
+                out_dir=None,
+                batch_size=sizes.sweep_batch,
+                codec="raw",
+                figures=False,
+                use_cache=False,
+            )
+
         for i, (d, e) in enumerate(points):
             if i == half:
-                sweep_result, sweep_cpu, sweep_wall = timed(
-                    lambda: run_sweep(
-                        edge,
-                        server,
-                        samples,
-                        grid,
-                        out_dir=None,
-                        batch_size=sizes.sweep_batch,
-                        codec="raw",
-                        figures=False,
-                        use_cache=False,
-                    ),
-                    "sweep",
-                )
+                sweep_result, sweep_cpu, sweep_wall = timed(sweep_once, "sweep")
                 ctx.log(f"  sweep: cpu {sweep_cpu:.1f}s wall {sweep_wall:.1f}s")
             res, c, w = timed(lambda d=d, e=e: one_point(d, e), "evaluate")
             evals.append({"delta_sum": d, "eta": e, "cpu_s": c, "wall_s": w, "result": res})
             ctx.log(f"  evaluate({d}, {e}): cpu {c:.1f}s wall {w:.1f}s")
         if sweep_result is None:
-            sweep_result, sweep_cpu, sweep_wall = timed(
-                lambda: run_sweep(
-                    edge,
-                    server,
-                    samples,
-                    grid,
-                    out_dir=None,
-                    batch_size=sizes.sweep_batch,
-                    codec="raw",
-                    figures=False,
-                    use_cache=False,
-                ),
-                "sweep",
-            )
+            sweep_result, sweep_cpu, sweep_wall = timed(sweep_once, "sweep")
     n_points = len(grid_points())
     primary = "cpu_s" if ctx.clock == "cpu" else "wall_s"
     sweep_t = sweep_cpu if ctx.clock == "cpu" else sweep_wall

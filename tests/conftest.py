@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -95,3 +96,17 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def photo_dir(imagenet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with 12 real photos and their labels.csv."""
+    folder = tmp_path_factory.mktemp("photos")
+    rows = (imagenet_dir / "labels.csv").read_text().splitlines()[1:13]
+    lines = ["file,label"]
+    for row in rows:
+        name, label = row.split(",")[:2]
+        shutil.copy(imagenet_dir / "images" / name, folder / name)
+        lines.append(f"{name},{label}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return folder

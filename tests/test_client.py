@@ -46,20 +46,6 @@ def pair(small_pair: tuple[Path, Path]) -> tuple[LoadedModel, LoadedModel]:
 
 
 @pytest.fixture(scope="module")
-def photo_dir(imagenet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 real photos and their labels.csv."""
-    folder = tmp_path_factory.mktemp("photos")
-    rows = (imagenet_dir / "labels.csv").read_text().splitlines()[1:13]
-    lines = ["file,label"]
-    for row in rows:
-        name, label = row.split(",")[:2]
-        shutil.copy(imagenet_dir / "images" / name, folder / name)
-        lines.append(f"{name},{label}")
-    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-    return folder
-
-
-@pytest.fixture(scope="module")
 def samples(photo_dir: Path) -> list[Sample]:
     return discover(photo_dir, photo_dir / "labels.csv")[0]
 

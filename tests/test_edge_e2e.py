@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import statistics
@@ -168,20 +167,6 @@ def servers(
             proc.terminate()
         for proc in pool.all:
             proc.stop()
-
-
-@pytest.fixture(scope="module")
-def photo_dir(imagenet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """12 real photos and a labels CSV written for them."""
-    folder = tmp_path_factory.mktemp("photos")
-    rows = (imagenet_dir / "labels.csv").read_text().splitlines()[1:13]
-    lines = ["file,label"]
-    for row in rows:
-        name, label = row.split(",")[:2]
-        shutil.copy(imagenet_dir / "images" / name, folder / name)
-        lines.append(f"{name},{label}")
-    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
-    return folder
 
 
 def median_min_entropy(edge_json: Path, photo_dir: Path) -> float:
