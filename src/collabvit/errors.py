@@ -8,11 +8,14 @@ message on one line and exits non-zero; it never shows a traceback for these.
 
     CollabViTError
     ├── ConfigError          invalid option values (thresholds, rules, measures)
-    ├── ModelError           unknown model name, architecture mismatch
+    ├── ModelError           unknown model name, unsupported architecture
     │   └── CheckpointError  missing, corrupt or incompatible checkpoint file
     ├── DataError            empty or unreadable data folder, bad labels file
     ├── WireError            malformed payload on the wire (collabvit.wire)
-    └── ServerError          the server answered with an error (collabvit.client)
+    │   └── PayloadTooLarge  a request body or image over the server's limits (413)
+    ├── ServerBusy           the server cannot queue a request now (503 + Retry-After)
+    └── ServerError          the server answered with an error (collabvit.client);
+                             carries ``status_code`` and ``attempts``
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ __all__ = [
     "ConfigError",
     "DataError",
     "ModelError",
+    "PayloadTooLarge",
+    "ServerBusy",
     "ServerError",
     "WireError",
 ]
@@ -52,5 +57,23 @@ class WireError(CollabViTError, ValueError):
     """A payload on the wire is malformed; the message says which check failed."""
 
 
+class PayloadTooLarge(WireError):
+    """A request body or an image exceeds the server's size limits (HTTP 413)."""
+
+
+class ServerBusy(CollabViTError):
+    """The server is not accepting requests now: queue full, starting or draining (HTTP 503)."""
+
+
 class ServerError(CollabViTError):
-    """The collaborative server answered with an error status."""
+    """The collaborative server answered with an error, or could not be reached.
+
+    Attributes:
+        status_code: the HTTP status of the last answer (None: no answer, e.g. refused).
+        attempts: how many requests were made before giving up.
+    """
+
+    def __init__(self, message: str, status_code: int | None = None, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.attempts = attempts
