@@ -1,95 +1,88 @@
-"""Patch importance from the edge model's class-token attention (paper Sec. IV-A).
+"""Patch importance from the edge model's class-token attention (paper Sec. IV-A), pure.
 
-*Mean attention score* (eq. 10): in the last block, the class token's query
-against all keys, softmax over every key (prefix tokens included), averaged
-over heads; the prefix columns are dropped and the patch scores renormalised
-to sum to 1.
+Functions of attention tensors only; reading q and k out of a model is
+:mod:`collabvit.models.probe`'s job.
 
-We read it without switching timm's fused attention off: a forward hook on the
-last block's ``attn.qkv`` keeps the projected q and k, and the one CLS row is
-recomputed from them (O(N) work next to the O(N^2) fused kernel).
+- :func:`cls_attention` (eqs. 5-6): ``softmax(q k^T / sqrt(d))`` over every key
+  (prefix tokens included), in float32 whatever the input precision.
+- :func:`mean_attention_score` (eq. 10): the last block's class-token row,
+  averaged over heads; the prefix columns are dropped and the patch scores
+  renormalised to sum to 1.
+- :func:`rollout_scores`: attention rollout (Abnar & Zuidema, 2020) in two named
+  variants: ``rollout`` (the authors': per layer ``A + I`` per head, the product
+  ``A_L ... A_1`` per head, heads averaged after the product) and
+  ``rollout-standard`` (heads averaged first, ``0.5 A + 0.5 I``, then the
+  product). Both end with the same CLS-row slice and renormalisation.
 
-*Attention rollout* (Abnar & Zuidema, 2020) in two named variants:
-
-- ``rollout`` (the authors'): per layer ``A + I`` per head, the product
-  ``A_L ... A_1`` taken per head, heads averaged after the product.
-- ``rollout-standard``: heads averaged first, ``0.5 A + 0.5 I`` (rows still sum
-  to 1), then the product.
-
-Both end with the same CLS-row slice and renormalisation.
+:data:`SCORES` is the table of patch scores: the CLI, the sweep and the figures
+take their choices from it. Adding a score is one function and one entry.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import torch
-from torch import nn
-
 from .errors import ConfigError
-from .models import LoadedModel
 
 __all__ = [
     "SCORES",
-    "attention_from_qkv",
-    "forward_with_scores",
+    "Score",
+    "cls_attention",
+    "get_score",
+    "mean_attention_score",
     "renormalise",
     "rollout_scores",
 ]
 
-SCORES = ("mean", "rollout", "rollout-standard")
+Tensor = Any  # a torch.Tensor; this module never imports torch at load time
 
 
-def renormalise(scores: torch.Tensor) -> torch.Tensor:
+def renormalise(scores: Tensor) -> Tensor:
     """Scale each row to sum to 1; rows that sum to 0 (or NaN) become 0. (B, N) -> (B, N)."""
     out = scores / scores.sum(-1, keepdim=True)
-    return torch.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    return out.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def attention_from_qkv(attn: Any, qkv: torch.Tensor, cls_only: bool) -> torch.Tensor:
-    """Attention probabilities recomputed from a timm ``Attention``'s qkv output.
+def cls_attention(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    """Eqs. 5-6: attention probabilities ``softmax(q k^T * scale)`` over all keys.
 
     Args:
-        attn: the block's attention module (gives num_heads, head_dim, scale, q/k norms).
-        qkv: (B, L, 3 * H * Dh) output of ``attn.qkv``.
-        cls_only: compute only the class token's row.
+        q: (B, H, Lq, Dh) queries (Lq = 1 for the class token's row only).
+        k: (B, H, L, Dh) keys.
+        scale: ``1 / sqrt(Dh)``.
 
     Returns:
-        (B, H, 1, L) when ``cls_only`` else (B, H, L, L).
+        (B, H, Lq, L) float32, rows summing to 1.
     """
-    b, length, _ = qkv.shape
-    heads, head_dim = attn.num_heads, attn.head_dim
-    qkv = qkv.reshape(b, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)  # (3, B, H, L, Dh)
-    q, k = qkv[0], qkv[1]
-    if cls_only:
-        q = q[:, :, :1]  # (B, H, 1, Dh)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    logits = (q * attn.scale) @ k.transpose(-2, -1)  # (B, H, Lq, L)
+    logits = (q * scale) @ k.transpose(-2, -1)  # (B, H, Lq, L)
     return logits.float().softmax(dim=-1)
 
 
-@contextmanager
-def _qkv_hooks(model: Any, blocks: Sequence[int]) -> Iterator[dict[int, torch.Tensor]]:
-    captured: dict[int, torch.Tensor] = {}
-    handles = []
-    for i in blocks:
+def mean_attention_score(cls_rows: Sequence[Tensor], num_prefix: int) -> Tensor:
+    """Eq. 10: the last block's class-token attention, mean over heads, patches renormalised.
 
-        def hook(_m: nn.Module, _inp: object, out: torch.Tensor, i: int = i) -> None:
-            captured[i] = out.detach()
+    Args:
+        cls_rows: one tensor (B, H, 1, L), the last block's CLS row (from :func:`cls_attention`).
+        num_prefix: prefix tokens (class, distillation, registers) to drop.
 
-        handles.append(model.blocks[i].attn.qkv.register_forward_hook(hook))
-    try:
-        yield captured
-    finally:
-        for h in handles:
-            h.remove()
+    Returns:
+        (B, N) patch scores summing to 1.
+    """
+    (row,) = cls_rows
+    return renormalise(row[:, :, 0].mean(dim=1)[:, num_prefix:])
+
+
+def _eye_like(a: Tensor) -> Tensor:
+    import torch  # the one torch call of this module, at run time only
+
+    return torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
 
 
 def rollout_scores(
-    attentions: Sequence[torch.Tensor], num_prefix: int, variant: str = "rollout"
-) -> torch.Tensor:
+    attentions: Sequence[Tensor], num_prefix: int, variant: str = "rollout"
+) -> Tensor:
     """Attention rollout of a list of per-layer attentions, first layer first.
 
     Args:
@@ -102,19 +95,17 @@ def rollout_scores(
         (B, N) patch scores summing to 1.
     """
     if variant == "rollout":
-        result: torch.Tensor | None = None
+        result: Tensor | None = None
         for a in attentions:  # a: (B, H, T, T)
-            eye = torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
-            a = a + eye
+            a = a + _eye_like(a)
             result = a if result is None else a @ result  # (B, H, T, T)
         assert result is not None
         joint = result.mean(dim=1)  # (B, T, T)
     elif variant == "rollout-standard":
-        product: torch.Tensor | None = None
+        product: Tensor | None = None
         for a in attentions:
             mean = a.mean(dim=1)  # (B, T, T)
-            eye = torch.eye(mean.shape[-1], device=a.device, dtype=a.dtype)
-            mean = 0.5 * mean + 0.5 * eye
+            mean = 0.5 * mean + 0.5 * _eye_like(mean)
             product = mean if product is None else mean @ product
         assert product is not None
         joint = product
@@ -123,45 +114,46 @@ def rollout_scores(
     return renormalise(joint[:, 0, num_prefix:])
 
 
-@torch.no_grad()
-def forward_with_scores(
-    loaded: LoadedModel, images: torch.Tensor, scores: Sequence[str] = ("mean",)
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Edge forward that also returns the requested patch-importance scores.
+@dataclass(frozen=True)
+class Score:
+    """One patch-importance score.
 
-    The model keeps its fused attention; only the last block's CLS row is
-    recomputed for ``mean``, and full attention maps only when a rollout is
-    asked for.
-
-    Args:
-        loaded: the edge model.
-        images: (B, C, H, W) normalised input.
-        scores: any of ``mean``, ``rollout``, ``rollout-standard``.
-
-    Returns:
-        logits (B, num_classes) and ``{score: (B, N)}``.
+    Attributes:
+        name: the CLI and file name (``--score NAME``).
+        compute: ``compute(attentions, num_prefix) -> (B, N)``; ``attentions`` is
+            ``[CLS row (B, H, 1, L) of the last block]`` or, when ``every_block``,
+            the full maps (B, H, L, L) of every block, first block first.
+        every_block: needs every block's full attention (costly) instead of one row.
+        label: how figures name it.
     """
-    for s in scores:
-        if s not in SCORES:
-            raise ConfigError(f"unknown score {s!r}: use one of {', '.join(SCORES)}")
-    model: Any = loaded.model
-    depth = len(model.blocks)
-    want_rollout = any(s.startswith("rollout") for s in scores)
-    blocks = list(range(depth)) if want_rollout else [depth - 1]
-    with _qkv_hooks(model, blocks) as captured:
-        logits = model(images)
-    npre = loaded.num_prefix_tokens
-    out: dict[str, torch.Tensor] = {}
-    last_attn = model.blocks[-1].attn
-    if "mean" in scores:
-        cls_row = attention_from_qkv(last_attn, captured[depth - 1], cls_only=True)  # (B,H,1,L)
-        out["mean"] = renormalise(cls_row[:, :, 0].mean(dim=1)[:, npre:])
-    if want_rollout:
-        full = [
-            attention_from_qkv(model.blocks[i].attn, captured[i], cls_only=False)
-            for i in range(depth)
-        ]
-        for variant in ("rollout", "rollout-standard"):
-            if variant in scores:
-                out[variant] = rollout_scores(full, npre, variant)
-    return logits.float(), out
+
+    name: str
+    compute: Callable[[Sequence[Tensor], int], Tensor]
+    every_block: bool
+    label: str
+
+
+SCORES: dict[str, Score] = {
+    "mean": Score("mean", mean_attention_score, False, "mean attention (last layer)"),
+    "rollout": Score(
+        "rollout",
+        lambda a, npre: rollout_scores(a, npre, "rollout"),
+        True,
+        "attention rollout (per-head product)",
+    ),
+    "rollout-standard": Score(
+        "rollout-standard",
+        lambda a, npre: rollout_scores(a, npre, "rollout-standard"),
+        True,
+        "attention rollout (standard, heads averaged first)",
+    ),
+}
+"""The patch scores, by name."""
+
+
+def get_score(name: str) -> Score:
+    """The :data:`SCORES` entry called ``name``; ConfigError listing the names otherwise."""
+    try:
+        return SCORES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown score {name!r}: use one of {', '.join(SCORES)}") from None

@@ -105,7 +105,7 @@ def add_point_options(parser: argparse.ArgumentParser) -> None:
 
 def point_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~collabvit.engine.OperatingPoint` of :func:`add_point_options` options."""
-    from .engine import OperatingPoint
+    from .pipeline import OperatingPoint
 
     return OperatingPoint(
         score=args.score,
@@ -136,7 +136,7 @@ def load_role(args: argparse.Namespace, role: str) -> Any:
 
 def load_pair(args: argparse.Namespace) -> tuple[Any, Any]:
     """The edge and server models named by :func:`add_model_options` options."""
-    from .engine import check_pair
+    from .pipeline import check_pair
 
     edge, server = load_role(args, "edge"), load_role(args, "server")
     check_pair(edge, server)

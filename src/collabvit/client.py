@@ -36,9 +36,9 @@ import httpx
 import torch
 
 from .data import Sample, iter_batches, load_image
-from .engine import OperatingPoint, decide_on_edge
 from .errors import ConfigError, ServerError
 from .models import LoadedModel
+from .pipeline import OperatingPoint, decide_on_edge
 from .wire import CODECS, encode, full_image_bytes
 
 __all__ = [
@@ -199,7 +199,8 @@ class EdgeClient:
             masks: dict[int, torch.Tensor] = {}
             if decided.selection is not None:
                 masks = {
-                    row: decided.selection.keep_mask[j].cpu() for j, row in enumerate(decided.rows)
+                    row: torch.from_numpy(decided.selection.keep_mask[j])
+                    for j, row in enumerate(decided.rows)
                 }
             decisions = []
             for j, s in enumerate(batch.samples):

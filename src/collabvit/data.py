@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +26,12 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .errors import DataError
-from .models import Preprocessing
 
 __all__ = [
+    "AUTHORS_CROP_PCT",
     "IMAGE_EXTENSIONS",
     "Batch",
+    "Preprocessing",
     "Sample",
     "array_samples",
     "discover",
@@ -54,6 +54,33 @@ IMAGE_EXTENSIONS = {
     ".ppm",
     ".pgm",
 }
+
+
+AUTHORS_CROP_PCT = 0.875  # DeiT evaluation: resize 256, centre crop 224
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an image becomes the model's input tensor.
+
+    Resize the shorter side to ``floor(H / crop_pct)`` with ``interpolation``,
+    centre-crop ``H x W``, scale to [0, 1], normalise with ``mean``/``std``.
+    The uint8 pixels after the crop are what the edge puts on the wire.
+    """
+
+    input_size: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    crop_pct: float = AUTHORS_CROP_PCT
+
+    @property
+    def channels(self) -> int:
+        return self.input_size[0]
+
+    @property
+    def resize_to(self) -> int:
+        return int(self.input_size[1] / self.crop_pct)
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,16 +188,17 @@ def array_samples(images: np.ndarray, labels: np.ndarray, prefix: str = "") -> l
 def load_image(path: Path, channels: int) -> Image.Image | None:
     """Open an image and convert it to RGB (3 channels) or L (1); None if unreadable."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # e.g. PIL's palette-transparency notes
-            with Image.open(path) as im:
-                im.load()
-                mode = "RGB" if channels == 3 else "L"
-                if im.mode in ("RGBA", "LA", "P") and mode == "RGB":
-                    im = im.convert("RGBA")
-                    base = Image.new("RGBA", im.size, (255, 255, 255, 255))
-                    im = Image.alpha_composite(base, im)
-                return im.convert(mode)
+        with Image.open(path) as im:
+            im.load()
+            mode = "RGB" if channels == 3 else "L"
+            # NOTE: a palette with transparency goes through RGBA first, as Pillow
+            # asks; no warning filter is touched (they are process-wide).
+            transparent_palette = im.mode == "P" and "transparency" in im.info
+            if (im.mode in ("RGBA", "LA", "P") and mode == "RGB") or transparent_palette:
+                im = im.convert("RGBA")
+                base = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                im = Image.alpha_composite(base, im)
+            return im.convert(mode)
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         logger.warning("skipping %s: not a readable image (%s)", path, type(exc).__name__)
         return None

@@ -1,76 +1,146 @@
-"""Entropy-aware image transmission (paper Sec. V), as pure tensor functions.
+"""Entropy-aware image transmission (paper Sec. V), as pure array functions.
 
-From the edge's softmax ``p`` over classes:
+From the edge's softmax ``p`` over classes (its posterior ``p_theta(y|x)``):
 
 - min-entropy (eq. 13): ``-log2 max_y p(y)``;
 - Shannon entropy (eq. 12): ``-sum_y p(y) log2 p(y)``;
 - margin: ``p1 - p2`` (the two largest probabilities).
 
-An image is transmitted when its entropy is ``>= eta`` (eq. 11) and kept on the
-edge otherwise; with margin it is kept when ``p1 - p2 > eta`` and transmitted
-otherwise; with ``none`` every image is transmitted. Computed in float64 so
-the eta boundary is exact for hand-made cases.
+An image is transmitted when its entropy is ``>= eta`` (eq. 11: ``g(x) >= eta``)
+and kept on the edge otherwise; with margin it is kept when ``p1 - p2 > eta`` and transmitted
+otherwise; with ``none`` every image is transmitted. Which side of eta
+transmits is a property of the measure (:attr:`Measure.high_transmits`).
+Computed in float64 whatever the logits' precision, so the eta boundary is
+exact for hand-made cases. Inputs may be numpy arrays or torch tensors (read
+on the host); results are numpy.
+
+:data:`MEASURES` is the table of gate measures: the CLI, the sweep and the
+figures take their choices from it. Adding a measure is one function and one
+entry.
 """
 
 from __future__ import annotations
 
-import torch
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
 
 from .errors import ConfigError
+from .selection import as_numpy
 
 __all__ = [
     "MEASURES",
+    "Measure",
+    "eta_for_ratio",
+    "get_measure",
     "margin",
     "min_entropy",
+    "probabilities",
     "shannon_entropy",
     "transmit_mask",
     "uncertainty",
 ]
 
-MEASURES = ("min-entropy", "shannon", "margin", "none")
+Float64 = npt.NDArray[np.float64]
 
 
-def _probs(logits: torch.Tensor) -> torch.Tensor:
-    return logits.double().softmax(dim=-1)
+def probabilities(logits: Any) -> Float64:
+    """The edge's posterior ``p_theta(y|x)``: softmax over classes in float64. (B, C) -> (B, C)."""
+    z = as_numpy(logits).astype(np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return np.asarray(e / e.sum(axis=-1, keepdims=True))
 
 
-def min_entropy(logits: torch.Tensor) -> torch.Tensor:
+def min_entropy(logits: Any) -> Float64:
     """Eq. 13, in bits. (B, C) logits -> (B,)."""
-    return -torch.log2(_probs(logits).amax(dim=-1))
+    return np.asarray(-np.log2(probabilities(logits).max(axis=-1)))
 
 
-def shannon_entropy(logits: torch.Tensor) -> torch.Tensor:
+def shannon_entropy(logits: Any) -> Float64:
     """Eq. 12, in bits (0 log 0 = 0). (B, C) logits -> (B,)."""
-    p = _probs(logits)
+    p = probabilities(logits)
     # NOTE: log2 directly, not ln / ln 2, so dyadic hand-made cases are exact at eta
-    return -torch.where(p > 0, p * torch.log2(p), torch.zeros_like(p)).sum(dim=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log2(p), 0.0)
+    return np.asarray(-terms.sum(axis=-1))
 
 
-def margin(logits: torch.Tensor) -> torch.Tensor:
+def margin(logits: Any) -> Float64:
     """Top-1 minus top-2 probability. (B, C) logits -> (B,)."""
-    top2 = _probs(logits).topk(2, dim=-1).values
-    return top2[:, 0] - top2[:, 1]
+    p = np.sort(probabilities(logits), axis=-1)
+    return np.asarray(p[:, -1] - p[:, -2])
 
 
-def uncertainty(logits: torch.Tensor, measure: str) -> torch.Tensor:
+def _no_statistic(logits: Any) -> Float64:
+    return np.zeros(as_numpy(logits).shape[0], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One gate measure.
+
+    Attributes:
+        name: the CLI and file name (``--measure NAME``).
+        statistic: ``statistic(logits (B, C)) -> (B,)`` float64.
+        high_transmits: an image is sent when its statistic is ``>= eta``
+            (entropies); False: when it is ``<= eta`` (margin: sent unless the
+            edge is clearly ahead).
+        gates: False for ``none``: every image is sent and eta is unused.
+        label: how figures name it.
+    """
+
+    name: str
+    statistic: Callable[[Any], Float64]
+    high_transmits: bool = True
+    gates: bool = True
+    label: str = ""
+
+
+MEASURES: dict[str, Measure] = {
+    "min-entropy": Measure("min-entropy", min_entropy, label="min-entropy (eq. 13)"),
+    "shannon": Measure("shannon", shannon_entropy, label="Shannon entropy (eq. 12)"),
+    "margin": Measure("margin", margin, high_transmits=False, label="probability margin"),
+    "none": Measure("none", _no_statistic, gates=False, label="no gate"),
+}
+"""The gate measures, by name."""
+
+
+def get_measure(name: str) -> Measure:
+    """The :data:`MEASURES` entry called ``name``; ConfigError listing the names otherwise."""
+    try:
+        return MEASURES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown measure {name!r}: use one of {', '.join(MEASURES)}") from None
+
+
+def uncertainty(logits: Any, measure: str) -> Float64:
     """The gate's statistic for ``measure`` (for ``none``: zeros). (B, C) -> (B,) float64."""
-    if measure == "min-entropy":
-        return min_entropy(logits)
-    if measure == "shannon":
-        return shannon_entropy(logits)
-    if measure == "margin":
-        return margin(logits)
-    if measure == "none":
-        return torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
-    raise ConfigError(f"unknown measure {measure!r}: use one of {', '.join(MEASURES)}")
+    return np.asarray(get_measure(measure).statistic(logits), dtype=np.float64)
 
 
-def transmit_mask(values: torch.Tensor, measure: str, eta: float) -> torch.Tensor:
-    """Which images go to the server, from :func:`uncertainty` values. (B,) -> (B,) bool."""
-    if measure in ("min-entropy", "shannon"):
-        return values >= eta
-    if measure == "margin":
-        return ~(values > eta)
-    if measure == "none":
-        return torch.ones_like(values, dtype=torch.bool)
-    raise ConfigError(f"unknown measure {measure!r}: use one of {', '.join(MEASURES)}")
+def transmit_mask(values: Any, measure: str, eta: float) -> npt.NDArray[np.bool_]:
+    """Eq. 11: which images go to the server (``g(x) >= eta``), from :func:`uncertainty` values.
+
+    (B,) -> (B,) bool.
+    """
+    m = get_measure(measure)
+    v = as_numpy(values)
+    if not m.gates:
+        return np.ones(v.shape, dtype=bool)
+    return np.asarray(v >= eta) if m.high_transmits else np.asarray(~(v > eta))
+
+
+def eta_for_ratio(values: Any, measure: str, ratio: float) -> float:
+    """The eta at which about ``ratio`` of the images are transmitted under ``measure``."""
+    v = as_numpy(values)
+    n = len(v)
+    m = round(ratio * n)
+    if not get_measure(measure).high_transmits:  # transmitted when value <= eta
+        asc = np.sort(v)
+        return -1.0 if m == 0 else float(asc[m - 1])
+    desc = np.sort(v)[::-1]  # transmitted when value >= eta
+    return float(desc[0]) + 1.0 if m == 0 else float(desc[m - 1])

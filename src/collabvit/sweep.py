@@ -51,12 +51,13 @@ import numpy.typing as npt
 import torch
 
 from . import wire
-from .attention import SCORES, forward_with_scores
+from .attention import SCORES
 from .data import Sample, iter_batches
-from .engine import ImageRecord, OperatingPoint, check_method, check_pair, make_record
 from .errors import ConfigError, DataError
 from .gating import MEASURES, transmit_mask, uncertainty
-from .models import LoadedModel, forward_subset
+from .metrics import ImageRecord
+from .models import LoadedModel, forward_subset, forward_with_scores
+from .pipeline import OperatingPoint, check_method, check_pair, make_record
 from .selection import RULES, select_patches
 
 __all__ = [
@@ -728,7 +729,7 @@ def _gate(
         values = np.zeros(n, dtype=np.float64)
         return np.ones(n, dtype=bool), values
     values = edge.values[measure]
-    sent = transmit_mask(torch.from_numpy(values), measure, eta).numpy()
+    sent = transmit_mask(values, measure, eta)
     return sent, values
 
 
@@ -815,7 +816,7 @@ class _Sweep:
                 self.stats.edge_images += len(batch.samples)
                 preds.append(logits.argmax(-1).cpu().numpy().astype(np.int64))
                 for m in GATE_MEASURES:
-                    values[m].append(uncertainty(logits, m).cpu().numpy())
+                    values[m].append(uncertainty(logits, m))
                 for s_name in self.scores_needed:
                     scores[s_name].append(sc[s_name].cpu().numpy().astype(np.float32))
             if do_server:
@@ -941,11 +942,11 @@ class _Sweep:
 
         def mean_counts(score: str) -> list[float]:
             if score not in counts_cache:
-                t = torch.from_numpy(edge.scores[score])
+                t = edge.scores[score]
                 counts_cache[score] = [
                     float(
                         select_patches(t, "attention-sum", d, grid.include_crossing)
-                        .num_patches.double()
+                        .num_patches.astype(np.float64)
                         .mean()
                     )
                     for d in grid.reference_delta_sums
@@ -960,9 +961,9 @@ class _Sweep:
         def ref_ratios() -> list[float]:
             nonlocal ratios
             if ratios is None:
-                v = torch.from_numpy(edge.values["min-entropy"])
+                v = edge.values["min-entropy"]
                 ratios = [
-                    float(transmit_mask(v, "min-entropy", e).double().mean())
+                    float(transmit_mask(v, "min-entropy", e).astype(np.float64).mean())
                     for e in grid.reference_etas
                 ]
                 derived["min_entropy_transmit_ratio"] = dict(
@@ -1060,7 +1061,7 @@ class _Sweep:
         sel = select_patches(
             scores, rule, threshold, self.grid.include_crossing, self.grid.seed, ids
         )
-        return sel.keep_mask.cpu().numpy(), sel.raised_to_one.cpu().numpy()
+        return sel.keep_mask, sel.raised_to_one
 
     def _plan_chunk(
         self,

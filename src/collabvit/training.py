@@ -25,8 +25,8 @@ from timm.layers import PatchDropout
 from timm.models.vision_transformer import Attention
 
 from . import fmnist
-from .attention import forward_with_scores
 from .errors import ConfigError
+from .models import forward_with_scores
 from .selection import select_patches
 
 __all__ = ["TRAIN_CONFIGS", "TrainConfig", "evaluate_classifier", "train"]
@@ -176,7 +176,7 @@ def _edge_selection(selector: Any, x: torch.Tensor, delta_sum: float) -> torch.T
     """The attention-sum keep mask the edge model would send for batch ``x``."""
     _, scores = forward_with_scores(selector, x, ("mean",))
     sel = select_patches(scores["mean"], "attention-sum", delta_sum)
-    return sel.keep_mask
+    return torch.from_numpy(sel.keep_mask).to(x.device)
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:

@@ -24,13 +24,12 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from .attention import forward_with_scores
 from .data import load_image, preprocess
-from .engine import OperatingPoint, check_pair
 from .errors import ConfigError, DataError
-from .gating import transmit_mask, uncertainty
-from .models import LoadedModel, forward_subset
-from .selection import select_patches, top_k
+from .gating import get_measure, transmit_mask, uncertainty
+from .models import LoadedModel, forward_subset, forward_with_scores
+from .pipeline import OperatingPoint, check_pair
+from .selection import get_rule, select_patches, top_k
 
 __all__ = ["PanelText", "read_class_names", "read_labels", "render_panel", "visualize_image"]
 
@@ -267,7 +266,8 @@ def visualize_image(
     if point.measure == "none":
         gate = "no gate: sent to the server"
     else:
-        ops = {True: "<=", False: ">"} if point.measure == "margin" else {True: ">=", False: "<"}
+        high = get_measure(point.measure).high_transmits
+        ops = {True: ">=", False: "<"} if high else {True: "<=", False: ">"}
         op = ops[sent]
         where = "sent to the server" if sent else "kept on the edge"
         gate = f"{point.measure} {float(value[0]):.3f} {op} eta {point.eta:g}: {where}"
@@ -277,7 +277,7 @@ def visualize_image(
     if server is not None:
         check_pair(edge, server)
         xs = server.normalise(x.to(server.device))
-        out = forward_subset(server, xs, keep.to(server.device))
+        out = forward_subset(server, xs, torch.from_numpy(keep).to(server.device))
         s_idx, s_p = _top1(out)
         full, sc = forward_with_scores(server, xs, ("mean",))
         f_idx, f_p = _top1(full)
@@ -290,12 +290,9 @@ def visualize_image(
             server_keep = top_k(sc["mean"], k)[0]
     elif compare_server:
         raise ConfigError("--compare-server needs --server")
-    rule_text = {
-        "attention-sum": f"attention-sum delta_sum = {point.threshold:g}",
-        "threshold": f"attention threshold delta = {point.threshold:g}",
-        "top-k": f"top-k k = {int(point.threshold)}",
-        "random": f"random k = {int(point.threshold)}",
-    }[point.rule]
+    rule = get_rule(point.rule)
+    value_text = f"{int(point.threshold)}" if rule.count else f"{point.threshold:g}"
+    rule_text = f"{rule.label} {rule.parameter} = {value_text}" if rule.parameter else rule.label
     title = f"{Path(path).name} — {rule_text}"
     if label is not None and label >= 0:
         title += f" — true class {_name(names, label)}"
