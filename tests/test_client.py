@@ -13,7 +13,7 @@ import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -35,9 +35,19 @@ from collabvit.data import Sample, discover
 from collabvit.engine import OperatingPoint, evaluate
 from collabvit.errors import ConfigError, ServerError
 from collabvit.models import LoadedModel, load_model
-from collabvit.server import ServerConfig, create_app
+from collabvit.server import BatcherCallbacks, Decoded, ServerConfig, create_app
 
 BASE = "http://collabvit.test"
+
+
+class BeforePredict(BatcherCallbacks):
+    """A batcher callback calling ``hook(batch_size)`` in the worker before each batch."""
+
+    def __init__(self, hook: Callable[[int], object]) -> None:
+        self.hook = hook
+
+    def on_batch_start(self, batch: Sequence[Decoded]) -> None:
+        self.hook(len(batch))
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +213,9 @@ def test_a_503_is_retried_after_retry_after(
         assert released.wait(20)
 
     app = create_app(
-        server, ServerConfig(max_batch_size=1, max_queue=1, max_wait_ms=0, before_predict=hold)
+        server,
+        ServerConfig(max_batch_size=1, max_queue=1, max_wait_ms=0),
+        callbacks=[BeforePredict(hold)],
     )
     registry = app.state.metrics.registry
     config = ClientConfig(BASE, concurrency=3, retries=2, backoff_s=0.01, full_jpeg_baseline=False)
@@ -240,7 +252,9 @@ def test_a_request_past_its_timeout_falls_back(
     edge, server = pair
     released = threading.Event()
     app = create_app(
-        server, ServerConfig(max_wait_ms=0, before_predict=lambda _n: released.wait(20))
+        server,
+        ServerConfig(max_wait_ms=0),
+        callbacks=[BeforePredict(lambda _n: released.wait(20))],
     )
     with live_server(app) as url:
         config = ClientConfig(url, timeout_s=0.3, retries=1, backoff_s=0.01)

@@ -25,12 +25,11 @@ import httpx
 import numpy as np
 import pytest
 
-from collabvit.attention import forward_with_scores
 from collabvit.client import ClientConfig, EdgeClient, ImageResult, write_jsonl
 from collabvit.data import discover, iter_batches, load_image, preprocess
 from collabvit.engine import OperatingPoint
 from collabvit.gating import uncertainty
-from collabvit.models import load_model
+from collabvit.models import forward_with_scores, load_model
 from collabvit.wire import encode
 
 START_TIMEOUT_S = 180  # importing torch on a busy 2-core machine is slow

@@ -1,4 +1,4 @@
-"""The HTTP server, in-process: the real app, its lifespan and batcher, over httpx's ASGI transport.
+"""The HTTP app, in-process: the real app, its lifespan and batcher, over httpx's ASGI transport.
 
 Every request goes through the same code as under uvicorn (body limits, auth,
 decoding in a thread pool, the batcher's worker thread, metrics); only the
@@ -9,26 +9,28 @@ test_edge_e2e.py.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-import torch
+from server_support import (
+    Gate,
+    alone,
+    first_photos,
+    mask_of,
+    metric,
+    preprocessed,
+    serve,
+    wait_until,
+)
 
-from collabvit.data import load_image, preprocess
-from collabvit.errors import ConfigError
-from collabvit.models import LoadedModel, forward_subset, load_model
+from collabvit.models import LoadedModel, load_model
 from collabvit.server import ServerConfig, create_app
 from collabvit.wire import encode
-
-T = TypeVar("T")
-BASE = "http://collabvit.test"
 
 
 @pytest.fixture(scope="module")
@@ -38,58 +40,13 @@ def server_model(small_pair: tuple[Path, Path]) -> LoadedModel:
 
 @pytest.fixture(scope="module")
 def photos(imagenet_dir: Path) -> list[Path]:
-    return sorted((imagenet_dir / "images").iterdir())[:6]
+    return first_photos(imagenet_dir)
 
 
 @pytest.fixture(scope="module")
 def pixels(server_model: LoadedModel, photos: list[Path]) -> list[np.ndarray]:
     """Real photos preprocessed for the server: (3, 64, 64) uint8 each."""
-    out = []
-    for path in photos:
-        image = load_image(path, 3)
-        assert image is not None
-        out.append(preprocess(image, server_model.preprocessing).numpy())
-    return out
-
-
-def mask_of(count: int, n: int = 64, offset: int = 0) -> np.ndarray:
-    mask = np.zeros(n, dtype=bool)
-    mask[(np.arange(count) * 5 + offset) % n] = True  # spread over the grid
-    return mask
-
-
-def serve(app: Any, body: Callable[[httpx.AsyncClient], Awaitable[T]]) -> T:
-    """Run ``body`` with a client against ``app`` inside the app's lifespan."""
-
-    async def main() -> T:
-        async with app.router.lifespan_context(app):
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-                return await body(client)
-
-    return asyncio.run(main())
-
-
-def alone(model: LoadedModel, image: np.ndarray, mask: np.ndarray) -> torch.Tensor:
-    """Logits of one image run by itself through forward_subset."""
-    x = model.normalise(torch.from_numpy(image)[None])
-    return forward_subset(model, x, torch.from_numpy(mask)[None])[0]
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """One sample's value from Prometheus text (0 when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        key, value = line.rsplit(" ", 1)
-        sample, _, rest = key.partition("{")
-        found = dict(
-            (k, v.strip('"'))
-            for k, v in (p.split("=", 1) for p in rest.rstrip("}").split(",") if p)
-        )
-        if sample == name and found == labels:
-            return float(value)
-    return 0.0
+    return preprocessed(server_model, photos)
 
 
 def test_healthz_reports_model_geometry_and_queue(server_model: LoadedModel) -> None:
@@ -243,36 +200,12 @@ def test_image_over_the_pixel_limit_is_refused_before_decoding(
     assert "pixels" in response.json()["error"]
 
 
-class Gate:
-    """A before_predict hook that holds the worker until released (bounded wait)."""
-
-    def __init__(self) -> None:
-        self.entered = threading.Event()
-        self.released = threading.Event()
-        self.fail_next = False
-
-    def __call__(self, batch_size: int) -> None:
-        self.entered.set()
-        if self.fail_next:
-            self.fail_next = False
-            raise RuntimeError("injected failure")
-        assert self.released.wait(20), "test never released the worker"
-
-
-async def wait_until(check: Callable[[], bool], seconds: float = 10.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if check():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached in time")
-
-
 def test_full_queue_answers_503_with_retry_after_and_queued_requests_finish(
     server_model: LoadedModel, pixels: list[np.ndarray]
 ) -> None:
     gate = Gate()
-    config = ServerConfig(max_batch_size=1, max_queue=1, max_wait_ms=0, before_predict=gate)
-    app = create_app(server_model, config)
+    config = ServerConfig(max_batch_size=1, max_queue=1, max_wait_ms=0)
+    app = create_app(server_model, config, callbacks=[gate])
     payload = encode(pixels[0], mask_of(10), 8)
 
     async def body(client: httpx.AsyncClient) -> tuple[httpx.Response, list[httpx.Response]]:
@@ -299,7 +232,7 @@ def test_a_failing_batch_answers_500_and_the_server_keeps_serving(
     gate = Gate()
     gate.fail_next = True
     gate.released.set()
-    app = create_app(server_model, ServerConfig(max_wait_ms=0, before_predict=gate))
+    app = create_app(server_model, ServerConfig(max_wait_ms=0), callbacks=[gate])
     payload = encode(pixels[0], mask_of(10), 8)
 
     async def body(client: httpx.AsyncClient) -> list[httpx.Response]:
@@ -387,60 +320,3 @@ def test_metrics_count_requests_bytes_batches_and_each_app_has_its_own_registry(
         return (await client.get("/metrics")).text
 
     assert metric(serve(other, fresh), "collabvit_batch_size_count") == 0
-
-
-def test_stopping_finishes_every_accepted_request(
-    server_model: LoadedModel, pixels: list[np.ndarray]
-) -> None:
-    # a batch would wait up to 60 s to fill; stopping runs it at once
-    app = create_app(server_model, ServerConfig(max_batch_size=8, max_wait_ms=59_000))
-    payloads = [encode(p, mask_of(8 + i), 8) for i, p in enumerate(pixels[:3])]
-
-    async def main() -> list[httpx.Response]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url=BASE) as client:
-            async with app.router.lifespan_context(app):
-                tasks = [asyncio.create_task(client.post("/v1/infer", content=p)) for p in payloads]
-                await wait_until(lambda: app.state.batcher.in_flight == 3)
-            # lifespan exited: the batcher stopped after answering what it had accepted
-            return list(await asyncio.gather(*tasks))
-
-    answers = asyncio.run(main())
-    assert [r.status_code for r in answers] == [200, 200, 200]
-    assert [r.json()["batch_size"] for r in answers] == [3, 3, 3]
-
-
-def test_flush_runs_the_waiting_batch_at_once(
-    server_model: LoadedModel, pixels: list[np.ndarray]
-) -> None:
-    app = create_app(server_model, ServerConfig(max_batch_size=8, max_wait_ms=59_000))
-    payloads = [encode(p, mask_of(5 + i), 8) for i, p in enumerate(pixels[:2])]
-
-    async def body(client: httpx.AsyncClient) -> tuple[list[httpx.Response], float]:
-        tasks = [asyncio.create_task(client.post("/v1/infer", content=p)) for p in payloads]
-        await wait_until(lambda: app.state.batcher.in_flight == 2)
-        started = time.perf_counter()
-        await asyncio.to_thread(app.state.batcher.flush)  # as from a signal handler
-        answers = list(await asyncio.gather(*tasks))
-        return answers, time.perf_counter() - started
-
-    answers, waited = serve(app, body)
-    assert [r.status_code for r in answers] == [200, 200]
-    assert [r.json()["batch_size"] for r in answers] == [2, 2]
-    assert waited < 30  # not the 59 s batch window
-
-
-@pytest.mark.parametrize(
-    "field,value",
-    [
-        ("max_batch_size", 0),
-        ("max_queue", 0),
-        ("max_body_bytes", -1),
-        ("max_wait_ms", -1.0),
-        ("top_k", 0),
-        ("token", ""),
-    ],
-)
-def test_server_config_rejects_bad_values(field: str, value: object) -> None:
-    with pytest.raises(ConfigError):
-        ServerConfig(**{field: value})  # type: ignore[arg-type]

@@ -1,0 +1,153 @@
+"""The server's three steps, LitServe-style, with no web framework inside.
+
+:func:`decode_request` / :func:`decode_image` turn untrusted bytes into
+pixels and a keep mask (:class:`Decoded`), :func:`predict` runs one batched
+forward on the kept patches (:func:`~collabvit.models.forward_subset`, eq. 9
+cost) and :func:`encode_response` turns one logits row into the JSON answer.
+:class:`ServerConfig` says how the server batches, bounds and guards its work.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..data import load_image, preprocess
+from ..errors import ConfigError, PayloadTooLarge, WireError
+from ..models import LoadedModel, forward_subset
+from ..wire import DEFAULT_MAX_BYTES, Geometry, decode
+
+__all__ = [
+    "Decoded",
+    "ServerConfig",
+    "decode_image",
+    "decode_request",
+    "encode_response",
+    "geometry_of",
+    "predict",
+    "predict_batch",
+]
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """How the server batches, bounds and guards its work."""
+
+    max_batch_size: int = 32  # images per forward_subset call
+    max_wait_ms: float = 5.0  # after the first request, wait this long for the batch to fill
+    max_queue: int = 128  # requests waiting for the worker; beyond this: 503
+    max_body_bytes: int = DEFAULT_MAX_BYTES  # larger request bodies: 413
+    max_image_pixels: int = 50_000_000  # /v1/infer-image: larger declared images: 413
+    token: str | None = None  # bearer token for /v1/* and /metrics (None: no auth)
+    retry_after_s: int = 1  # Retry-After of a 503
+    top_k: int = 5  # entries of "top5"
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_image_pixels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+        if not 0 <= self.max_wait_ms < 60_000:
+            raise ConfigError(f"max_wait_ms must be in [0, 60000), got {self.max_wait_ms}")
+        if self.retry_after_s < 0:
+            raise ConfigError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
+        if self.top_k < 1:
+            raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
+        if self.token is not None and not self.token:
+            raise ConfigError("token must be non-empty (or None for no authentication)")
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One request, ready for the model."""
+
+    pixels: torch.Tensor  # (C, H, W) uint8; unselected patches are 0 (never read)
+    keep_mask: torch.Tensor  # (N,) bool, at least one True
+
+
+def geometry_of(loaded: LoadedModel) -> Geometry:
+    """The image geometry the model takes, as the wire format describes it."""
+    c, h, w = loaded.preprocessing.input_size
+    return Geometry(c, h, w, loaded.patch_size)
+
+
+def decode_request(body: bytes, geometry: Geometry, max_bytes: int) -> Decoded:
+    """A wire payload -> pixels and keep mask. Raises :class:`WireError` if malformed."""
+    payload = decode(body, max_bytes=max_bytes, expect=geometry)
+    if payload.num_selected == 0:
+        raise WireError("payload selects no patch: send at least one patch per image")
+    pixels = payload.pixels if payload.pixels.flags.writeable else payload.pixels.copy()
+    return Decoded(torch.from_numpy(pixels), torch.from_numpy(payload.keep_mask.copy()))
+
+
+def decode_image(body: bytes, loaded: LoadedModel, max_pixels: int) -> Decoded:
+    """A whole image file -> the model's preprocessed pixels, every patch kept.
+
+    Raises:
+        WireError: the body is not a readable image.
+        PayloadTooLarge: the image declares more than ``max_pixels`` pixels
+            (read from the header, before any pixel is decoded).
+    """
+    try:
+        with Image.open(io.BytesIO(body)) as probe:  # lazy: reads the header only
+            width, height = probe.size
+    except Exception:
+        raise WireError("body is not a readable image file (JPEG, PNG, ...)") from None
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"image is {width}x{height} = {width * height} pixels, more than this server's "
+            f"limit of {max_pixels}: downscale it before sending"
+        )
+    # NOTE: PIL opens file objects as well as paths; load_image converts modes as evaluate does.
+    image = load_image(io.BytesIO(body), loaded.preprocessing.channels)  # type: ignore[arg-type]
+    if image is None:
+        raise WireError("body is not a readable image file (JPEG, PNG, ...)")
+    pixels = preprocess(image, loaded.preprocessing)  # (C, H, W) uint8
+    return Decoded(pixels, torch.ones(loaded.num_patches, dtype=torch.bool))
+
+
+@torch.inference_mode()
+def predict(loaded: LoadedModel, pixels: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """One batched forward on the kept patches of each image.
+
+    Args:
+        pixels: (B, C, H, W) uint8.
+        keep_mask: (B, N) bool; rows may keep different numbers of patches.
+
+    Returns:
+        (B, num_classes) float32 logits, on the CPU.
+    """
+    device = loaded.device
+    images = loaded.normalise(pixels.to(device))
+    return forward_subset(loaded, images, keep_mask.to(device)).float().cpu()
+
+
+def predict_batch(loaded: LoadedModel, batch: Sequence[Decoded]) -> torch.Tensor:
+    """Stack decoded requests and run :func:`predict` on them: (B, num_classes) logits.
+
+    Requests may keep different numbers of patches; ``forward_subset`` groups
+    them into length buckets itself.
+    """
+    pixels = torch.stack([d.pixels for d in batch])  # (B, C, H, W)
+    keep_mask = torch.stack([d.keep_mask for d in batch])  # (B, N)
+    return predict(loaded, pixels, keep_mask)
+
+
+def encode_response(loaded: LoadedModel, logits: torch.Tensor, top_k: int = 5) -> dict[str, Any]:
+    """One logits row (num_classes,) -> the JSON answer (label, class_name, top5)."""
+    label = int(logits.argmax())  # the label evaluate would report
+    probs = logits.double().softmax(-1)
+    values, indices = probs.topk(min(top_k, probs.shape[0]))
+    return {
+        "label": label,
+        "class_name": loaded.class_name(label),
+        "top5": [
+            {"label": int(i), "class_name": loaded.class_name(int(i)), "probability": float(p)}
+            for p, i in zip(values.tolist(), indices.tolist(), strict=True)
+        ],
+    }
