@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from collabvit import wire
-from collabvit.attention import forward_with_scores
 from collabvit.data import Sample, discover, iter_batches
 from collabvit.gating import transmit_mask, uncertainty
+from collabvit.models import forward_with_scores
 from collabvit.selection import select_patches
 
 from .common import Context, Result, short_name
@@ -59,11 +59,11 @@ def _chunk_rows(
             pixels = batch.pixels.to(device)
             logits, scores = forward_with_scores(edge, edge.normalise(pixels), ("mean",))
             values = uncertainty(logits, "min-entropy")
-            sent = transmit_mask(values, "min-entropy", ETA).cpu().tolist()
-            keep = select_patches(scores["mean"], "attention-sum", DELTA_SUM).keep_mask.cpu()
+            sent = transmit_mask(values, "min-entropy", ETA).tolist()
+            keep = select_patches(scores["mean"], "attention-sum", DELTA_SUM).keep_mask
             px = batch.pixels.numpy()
             for j, s in enumerate(batch.samples):
-                mask = keep[j].numpy() if sent[j] else None
+                mask = keep[j] if sent[j] else None
                 row: dict[str, Any] = _sizes(px[j], mask, edge.patch_size)
                 row["patches"] = 0 if mask is None else int(mask.sum())
                 row["min_entropy"] = float(values[j])

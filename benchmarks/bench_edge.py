@@ -1,6 +1,6 @@
 """Item 3: what the CLS-attention probe adds to the edge forward.
 
-:func:`collabvit.attention.forward_with_scores` with the mean attention score
+:func:`collabvit.models.forward_with_scores` with the mean attention score
 (a forward hook on the last block's qkv and a recomputed class-token row)
 against a plain timm forward ``model(x)`` of the same model and batch, both
 without autograd.
@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from collabvit.attention import attention_from_qkv, forward_with_scores, renormalise
+from collabvit.attention import cls_attention, mean_attention_score
+from collabvit.models import _vit, forward_with_scores
 
 from .common import Context, Result, median, ratio_of_medians, short_name, time_interleaved
 
@@ -40,8 +41,9 @@ def _probe_math_seconds(ctx: Context, edge: Any, x: torch.Tensor) -> float:
     attn, qkv, npre = model.blocks[last].attn, captured["qkv"], edge.num_prefix_tokens
 
     def probe_math() -> None:
-        row = attention_from_qkv(attn, qkv, cls_only=True)  # (B, H, 1, L)
-        renormalise(row[:, :, 0].mean(dim=1)[:, npre:])
+        q, k = _vit.split_qk(attn, qkv)
+        row = cls_attention(q[:, :, :1], k, attn.scale)  # (B, H, 1, L)
+        mean_attention_score([row], npre)
 
     samples = []
     with torch.inference_mode():

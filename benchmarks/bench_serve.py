@@ -30,12 +30,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from collabvit.attention import forward_with_scores
 from collabvit.data import discover, iter_batches
-from collabvit.engine import OperatingPoint
 from collabvit.gating import transmit_mask, uncertainty
+from collabvit.models import forward_with_scores
+from collabvit.pipeline import OperatingPoint
 from collabvit.selection import select_patches
 
 from .common import Context, Result, short_name
@@ -53,7 +54,7 @@ def calibrate_delta_sum(scores: torch.Tensor, target: float, steps: int = 40) ->
     lo, hi = 0.0, 1.0
     for _ in range(steps):
         mid = (lo + hi) / 2
-        mean = float(select_patches(scores, "attention-sum", mid).num_patches.double().mean())
+        mean = float(select_patches(scores, "attention-sum", mid).num_patches.mean())
         lo, hi = (mid, hi) if mean < target else (lo, mid)
     return hi
 
@@ -71,7 +72,11 @@ def _edge_view(ctx: Context, num_images: int) -> dict[str, Any]:
             )
             scores.append(sc["mean"].cpu())
             sent.append(transmit_mask(uncertainty(logits, "min-entropy"), "min-entropy", 0.8))
-    return {"scores": torch.cat(scores), "sent": torch.cat(sent), "num_patches": edge.num_patches}
+    return {
+        "scores": torch.cat(scores),
+        "sent": np.concatenate(sent),
+        "num_patches": edge.num_patches,
+    }
 
 
 def _server_cpu_seconds() -> float | None:
@@ -266,7 +271,7 @@ def run(ctx: Context) -> list[Result]:
     view = _edge_view(ctx, sizes.serve_images)
     n_patches = view["num_patches"]
     delta_cal = calibrate_delta_sum(view["scores"], PAPER_MEAN_PATCHES * n_patches / 196)
-    sent_ratio = float(view["sent"].double().mean())
+    sent_ratio = float(view["sent"].astype(np.float64).mean())
     cfg = load_config(
         edge=sizes.serve_edge,
         server=sizes.serve_server,

@@ -41,8 +41,8 @@ import torch
 from collabvit.cli import add_point_options, point_from_args
 from collabvit.client import ClientConfig, EdgeClient
 from collabvit.data import discover
-from collabvit.engine import OperatingPoint
 from collabvit.models import load_model
+from collabvit.pipeline import OperatingPoint
 
 from .common import REPO, conditions, imagenet_dir, machine_info
 

@@ -160,8 +160,8 @@ def test_random_rule_does_not_depend_on_the_batch_size(
 def test_empty_selections_are_raised_and_counted(
     pair: tuple[LoadedModel, LoadedModel], samples: list
 ) -> None:
-    # delta above every renormalised score: each image falls back to its top patch
-    point = OperatingPoint(rule="threshold", threshold=1.5, measure="none")
+    # delta at the top of its range, above every score: each image keeps only its top patch
+    point = OperatingPoint(rule="threshold", threshold=1.0, measure="none")
     result = evaluate(*pair, samples, point, batch_size=16)
     _check_definitions(result, pair[1])
     assert {r.num_patches for r in result.records} == {1}

@@ -144,3 +144,12 @@ def test_server_trains_on_the_edge_attention_subsets(tmp_path: Path) -> None:
 def test_select_delta_out_of_range_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="select_delta"):
         TrainConfig("x", embed_dim=48, depth=1, num_heads=3, select_delta=(0.0, 1.0))
+
+
+def test_train_leaves_the_callers_rng_state_unchanged(tmp_path: Path) -> None:
+    data = _small_fmnist(tmp_path / "fmnist")
+    torch.manual_seed(99)
+    before = torch.random.get_rng_state()
+    cfg = replace(TRAIN_CONFIGS["fmnist-tiny"], patch_drop=0.3)  # patch dropout draws globally
+    train(cfg, tmp_path / "out", data_dir=data, epochs=1, limit=128)
+    assert torch.equal(torch.random.get_rng_state(), before)

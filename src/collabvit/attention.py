@@ -75,9 +75,9 @@ def mean_attention_score(cls_rows: Sequence[Tensor], num_prefix: int) -> Tensor:
 
 
 def _eye_like(a: Tensor) -> Tensor:
-    import torch  # the one torch call of this module, at run time only
-
-    return torch.eye(a.shape[-1], device=a.device, dtype=a.dtype)
+    """The (T, T) identity in ``a``'s dtype and device, for ``a`` of shape (..., T, T)."""
+    eye = a.new_zeros((a.shape[-1], a.shape[-1]))
+    return eye.fill_diagonal_(1.0)
 
 
 def rollout_scores(

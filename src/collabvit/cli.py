@@ -79,20 +79,27 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> 
 
 
 def add_point_options(parser: argparse.ArgumentParser) -> None:
-    """--score --rule --threshold --measure --eta (--include-crossing --seed)."""
+    """--score --rule --threshold --measure --eta (--include-crossing --seed).
+
+    The choices come from the method's tables (:data:`collabvit.attention.SCORES`,
+    :data:`collabvit.selection.RULES`, :data:`collabvit.gating.MEASURES`), so an
+    entry added there is a choice here.
+    """
+    from .attention import SCORES
+    from .gating import MEASURES
+    from .selection import RULES
+
     group = parser.add_argument_group("operating point")
-    group.add_argument("--score", default="mean", choices=("mean", "rollout", "rollout-standard"))
+    group.add_argument("--score", default="mean", choices=tuple(SCORES), help="patch score")
     group.add_argument(
-        "--rule", default="attention-sum", choices=("top-k", "threshold", "attention-sum", "random")
+        "--rule", default="attention-sum", choices=tuple(RULES), help="patch selection rule"
+    )
+    meanings = ", ".join(f"{r.parameter} ({name})" for name, r in RULES.items() if r.parameter)
+    group.add_argument(
+        "--threshold", type=float, default=0.97, help=f"the rule's parameter: {meanings}"
     )
     group.add_argument(
-        "--threshold",
-        type=float,
-        default=0.97,
-        help="k (top-k, random), delta (threshold) or delta_sum (attention-sum)",
-    )
-    group.add_argument(
-        "--measure", default="min-entropy", choices=("min-entropy", "shannon", "margin", "none")
+        "--measure", default="min-entropy", choices=tuple(MEASURES), help="gate measure"
     )
     group.add_argument("--eta", type=float, default=0.8, help="gate threshold")
     group.add_argument(

@@ -186,40 +186,10 @@ def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * progress))
 
 
-def train(
-    cfg: TrainConfig,
-    out_dir: str | Path,
-    data_dir: str | Path | None = None,
-    download: bool = False,
-    device: str = "cpu",
-    epochs: int | None = None,
-    limit: int | None = None,
-    progress: Callable[[int, int, dict[str, float]], None] | None = None,
-) -> dict[str, Any]:
-    """Train ``cfg`` and write ``out_dir/NAME.safetensors`` and ``out_dir/NAME.json``.
+def _build(cfg: TrainConfig, device: str) -> Any:
+    """The ViT of ``cfg`` on ``device``, set up for training (patch dropout, CPU kernel)."""
+    from .models import build_vit
 
-    Resumes from ``out_dir/NAME.ckpt.pt`` when it exists (the checkpoint written
-    after every epoch). ``limit`` trains on the first N training images (for
-    smoke tests). ``progress(step, steps_per_epoch, stats)`` is called after
-    every optimisation step.
-
-    Returns the JSON config written next to the weights.
-    """
-    from safetensors.torch import save_file
-
-    from .models import build_vit, forward_kept, load_model
-
-    epochs = cfg.epochs if epochs is None else epochs
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / f"{cfg.name}.ckpt.pt"
-
-    train_x, train_y = fmnist.load_split("train", data_dir, download=download)
-    test_x, test_y = fmnist.load_split("test", data_dir, download=download)
-    if limit is not None:
-        train_x, train_y = train_x[:limit], train_y[:limit]
-
-    torch.manual_seed(cfg.seed)
     model = build_vit(cfg.vit_kwargs()).to(device)
     if cfg.patch_drop:
         # Training-only module (no parameters): the shipped config stays a plain ViT.
@@ -230,88 +200,81 @@ def train(
         for module in model.modules():
             if isinstance(module, Attention):
                 module.fused_attn = False  # type: ignore[misc]
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
-    total_steps = steps_per_epoch * epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    state = TrainState()
+    return model
 
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = TrainState(**ckpt["state"])
-        if "torch_rng" in ckpt:  # patch dropout draws from the global generator
-            torch.set_rng_state(ckpt["torch_rng"])
-        logger.info("resuming %s from epoch %d (%s)", cfg.name, state.epoch, ckpt_path)
 
-    selector = None
-    if cfg.select_with is not None:
-        selector = load_model(cfg.select_with, device=device)
-        selector.model.eval()
+def _resume(ckpt_path: Path, model: Any, opt: Any, device: str, name: str) -> TrainState:
+    """Model, optimizer and RNG state from the last epoch's checkpoint, if there is one."""
+    if not ckpt_path.exists():
+        return TrainState()
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    opt.load_state_dict(ckpt["optimizer"])
+    state = TrainState(**ckpt["state"])
+    if "torch_rng" in ckpt:  # patch dropout draws from the (forked) global generator
+        torch.set_rng_state(ckpt["torch_rng"])
+    logger.info("resuming %s from epoch %d (%s)", name, state.epoch, ckpt_path)
+    return state
 
-    labels_t = torch.from_numpy(train_y.astype(np.int64))
-    images_t = torch.tensor(train_x)  # a writable copy of the (read-only) idx array
-    for epoch in range(state.epoch, epochs):
-        t0 = time.perf_counter()
-        model.train()
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(images_t), generator=gen)
-        running, seen = 0.0, 0
-        for i in range(steps_per_epoch):
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = _normalise(_augment(images_t[idx], cfg, gen)).to(device)
-            y = labels_t[idx].to(device)
-            step = epoch * steps_per_epoch + i
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total_steps, warmup, cfg.lr)
-            if cfg.patch_drop:
-                model.patch_drop.prob = cfg.patch_drop * float(torch.rand(1, generator=gen))
-            keep = None
-            if selector is not None:
-                share, where = torch.rand(2, generator=gen).tolist()
-                if share < cfg.select_share:
-                    lo, hi = cfg.select_delta
-                    keep = _edge_selection(selector, x, lo + (hi - lo) * where)
-            logits = model(x) if keep is None else forward_kept(model, x, keep)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            running += loss.item() * len(idx)
-            seen += len(idx)
-            if progress is not None:
-                progress(i + 1, steps_per_epoch, {"epoch": epoch + 1, "loss": running / seen})
-        acc = evaluate_classifier(model, test_x, test_y, device=device)
-        epoch_s = time.perf_counter() - t0
-        state.epoch = epoch + 1
-        state.wall_s += epoch_s
-        state.history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": running / seen,
-                "test_accuracy": acc,
-                "planned_epochs": epochs,
-                "patch_drop": cfg.patch_drop,
-                "select_with": cfg.select_with,
-                "wall_s": round(epoch_s, 1),
-            }
-        )
-        logger.info(
-            "%s epoch %d/%d loss %.4f test %.2f%%", cfg.name, epoch + 1, epochs, running / seen, acc
-        )
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "state": asdict(state),
-                "torch_rng": torch.get_rng_state(),
-            },
-            ckpt_path,
-        )
 
-    config = {
+@dataclass
+class _Run:
+    """What one training run works with, epoch after epoch."""
+
+    cfg: TrainConfig
+    model: Any
+    opt: Any
+    images: torch.Tensor  # (n, 28, 28) uint8
+    labels: torch.Tensor  # (n,) int64
+    device: str
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    selector: Any = None
+    progress: Callable[[int, int, dict[str, float]], None] | None = None
+
+
+def _train_epoch(run: _Run, epoch: int) -> float:
+    """One epoch of AdamW with cosine schedule; returns the mean training loss."""
+    from .models import forward_kept
+
+    cfg, model, opt = run.cfg, run.model, run.opt
+    model.train()
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    order = torch.randperm(len(run.images), generator=gen)
+    running, seen = 0.0, 0
+    for i in range(run.steps_per_epoch):
+        idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        x = _normalise(_augment(run.images[idx], cfg, gen)).to(run.device)
+        y = run.labels[idx].to(run.device)
+        step = epoch * run.steps_per_epoch + i
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, run.total_steps, run.warmup, cfg.lr)
+        if cfg.patch_drop:
+            model.patch_drop.prob = cfg.patch_drop * float(torch.rand(1, generator=gen))
+        keep = None
+        if run.selector is not None:
+            share, where = torch.rand(2, generator=gen).tolist()
+            if share < cfg.select_share:
+                lo, hi = cfg.select_delta
+                keep = _edge_selection(run.selector, x, lo + (hi - lo) * where)
+        logits = model(x) if keep is None else forward_kept(model, x, keep)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        running += loss.item() * len(idx)
+        seen += len(idx)
+        if run.progress is not None:
+            run.progress(i + 1, run.steps_per_epoch, {"epoch": epoch + 1, "loss": running / seen})
+    return running / seen
+
+
+def _shipped_config(
+    cfg: TrainConfig, model: Any, state: TrainState, epochs: int, limit: int | None, device: str
+) -> dict[str, Any]:
+    return {
         "name": cfg.name,
         "architecture": "vision_transformer",
         "vit_kwargs": cfg.vit_kwargs(),
@@ -330,6 +293,104 @@ def train(
             "test_accuracy": state.history[-1]["test_accuracy"] if state.history else None,
         },
     }
+
+
+def train(
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    data_dir: str | Path | None = None,
+    download: bool = False,
+    device: str = "cpu",
+    epochs: int | None = None,
+    limit: int | None = None,
+    progress: Callable[[int, int, dict[str, float]], None] | None = None,
+) -> dict[str, Any]:
+    """Train ``cfg`` and write ``out_dir/NAME.safetensors`` and ``out_dir/NAME.json``.
+
+    Resumes from ``out_dir/NAME.ckpt.pt`` when it exists (the checkpoint written
+    after every epoch). ``limit`` trains on the first N training images (for
+    smoke tests). ``progress(step, steps_per_epoch, stats)`` is called after
+    every optimisation step. The run draws from a forked torch RNG: the
+    caller's global RNG state is the same afterwards.
+
+    Returns the JSON config written next to the weights.
+    """
+    devices = [torch.device(device)] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        return _train(cfg, Path(out_dir), data_dir, download, device, epochs, limit, progress)
+
+
+def _train(
+    cfg: TrainConfig,
+    out: Path,
+    data_dir: str | Path | None,
+    download: bool,
+    device: str,
+    epochs: int | None,
+    limit: int | None,
+    progress: Callable[[int, int, dict[str, float]], None] | None,
+) -> dict[str, Any]:
+    from safetensors.torch import save_file
+
+    from .models import load_model
+
+    epochs = cfg.epochs if epochs is None else epochs
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / f"{cfg.name}.ckpt.pt"
+    train_x, train_y = fmnist.load_split("train", data_dir, download=download)
+    test_x, test_y = fmnist.load_split("test", data_dir, download=download)
+    if limit is not None:
+        train_x, train_y = train_x[:limit], train_y[:limit]
+
+    torch.manual_seed(cfg.seed)  # inside train()'s fork_rng: the caller's RNG is untouched
+    model = _build(cfg, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
+    state = _resume(ckpt_path, model, opt, device, cfg.name)
+    run = _Run(
+        cfg,
+        model,
+        opt,
+        images=torch.tensor(train_x),  # a writable copy of the (read-only) idx array
+        labels=torch.from_numpy(train_y.astype(np.int64)),
+        device=device,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * epochs,
+        warmup=int(cfg.warmup_epochs * steps_per_epoch),
+        progress=progress,
+    )
+    if cfg.select_with is not None:
+        run.selector = load_model(cfg.select_with, device=device)
+        run.selector.model.eval()
+    for epoch in range(state.epoch, epochs):
+        t0 = time.perf_counter()
+        loss = _train_epoch(run, epoch)
+        acc = evaluate_classifier(model, test_x, test_y, device=device)
+        epoch_s = time.perf_counter() - t0
+        state.epoch = epoch + 1
+        state.wall_s += epoch_s
+        state.history.append(
+            {
+                "epoch": epoch + 1,
+                "loss": loss,
+                "test_accuracy": acc,
+                "planned_epochs": epochs,
+                "patch_drop": cfg.patch_drop,
+                "select_with": cfg.select_with,
+                "wall_s": round(epoch_s, 1),
+            }
+        )
+        logger.info("%s epoch %d/%d loss %.4f test %.2f%%", cfg.name, epoch + 1, epochs, loss, acc)
+        torch.save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "state": asdict(state),
+                "torch_rng": torch.get_rng_state(),
+            },
+            ckpt_path,
+        )
+    config = _shipped_config(cfg, model, state, epochs, limit, device)
     weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(weights, str(out / f"{cfg.name}.safetensors"), metadata={"format": "pt"})
     (out / f"{cfg.name}.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -17,6 +17,7 @@ from ..cli import (
     point_from_args,
     progress_bar,
 )
+from ..wire import CODECS
 
 HELP = "one operating point over a dataset: records CSV + summary JSON"
 
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_point_options(parser)
     parser.add_argument(
         "--codec",
-        choices=("raw", "png", "jpeg"),
+        choices=tuple(CODECS),
         help="also report bytes on the wire per image with this codec",
     )
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of --codec jpeg")
