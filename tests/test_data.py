@@ -279,3 +279,27 @@ def test_exact_size_image_passes_through_at_crop_pct_one() -> None:
     prep = Preprocessing((3, 64, 64), (0.5,) * 3, (0.5,) * 3, crop_pct=1.0)
     out = preprocess(Image.fromarray(array), prep)
     assert torch.equal(out, torch.from_numpy(array).permute(2, 0, 1))
+
+
+def test_load_image_leaves_the_warning_filters_alone(
+    odd_images: dict[str, Path], tmp_path: Path
+) -> None:
+    import warnings
+
+    photo = Image.open(odd_images["rgb"]).convert("RGB")
+    palette = photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
+    transparent = tmp_path / "transparent-palette.png"
+    palette.save(transparent, transparency=bytes(range(16)))  # Pillow would warn on convert
+    before = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        inner = list(warnings.filters)
+        for kind in ("rgb", "palette", "rgba", "grey", "text"):
+            for channels in (1, 3):
+                load_image(odd_images[kind], channels)
+        for channels in (1, 3):
+            image = load_image(transparent, channels)
+            assert image is not None and image.mode == ("RGB" if channels == 3 else "L")
+        assert warnings.filters == inner  # load_image added or removed no filter
+    assert warnings.filters == before
+    assert not [w for w in caught if "Transparency" in str(w.message)]

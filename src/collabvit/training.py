@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchDropout
-from timm.models.vision_transformer import Attention
+from timm.layers import Attention, PatchDropout
 
 from . import fmnist
 from .errors import ConfigError
