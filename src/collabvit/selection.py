@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -72,7 +72,8 @@ class Selection:
     @property
     def num_patches(self) -> npt.NDArray[np.int64]:
         """Kept patches per image, (B,)."""
-        return self.keep_mask.sum(axis=1).astype(np.int64)
+        counts: npt.NDArray[np.int64] = self.keep_mask.sum(axis=1).astype(np.int64)
+        return counts
 
 
 @dataclass(frozen=True)
@@ -228,7 +229,7 @@ def get_rule(name: str) -> Rule:
 
 
 def _raise_empty(mask: BoolArray, scores: Any) -> Selection:
-    empty = ~mask.any(axis=1)
+    empty = cast(BoolArray, ~mask.any(axis=1))  # (B,)
     if bool(empty.any()):
         top = rank_patches(scores)[:, 0]  # (B,)
         mask = mask.copy()
