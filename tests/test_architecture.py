@@ -33,7 +33,7 @@ ALLOWED: dict[str, set[str]] = {
     "data": set(),
     "metrics": {"cost", "_arrays"},
     "models": {"attention", "cost", "data"},
-    "pipeline": {"models", "attention", "selection", "gating", "data", "metrics", "_arrays"},
+    "pipeline": {"models", "attention", "selection", "gating", "data", "_arrays"},
     "engine": {"pipeline", "metrics", "data", "wire", "models"},
     "sweep": {
         "pipeline",

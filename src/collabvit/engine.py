@@ -25,7 +25,7 @@ import torch
 from . import wire
 from .data import Sample, iter_batches
 from .errors import DataError
-from .metrics import RECORD_FIELDS, ImageRecord, summarise_records
+from .metrics import RECORD_FIELDS, ImageRecord, make_record, summarise_records
 from .models import LoadedModel
 from .pipeline import (
     EdgeDecision,
@@ -34,7 +34,6 @@ from .pipeline import (
     check_pair,
     classify_on_server,
     decide_on_edge,
-    make_record,
 )
 
 __all__ = [

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ._arrays import as_numpy
 from .errors import ConfigError
-from .selection import as_numpy
 
 __all__ = [
     "MEASURES",

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +26,7 @@ __all__ = [
     "Summary",
     "accuracy",
     "cheapest_within",
+    "make_record",
     "pareto_frontier",
     "summarise",
     "summarise_records",
@@ -43,6 +44,18 @@ RECORD_FIELDS = (
     "final_pred",
 )
 """Columns of the records CSV (``bytes_sent`` follows when a codec was measured)."""
+
+
+class SampleLike(Protocol):
+    """What a record needs of an image (``collabvit.data.Sample`` is one)."""
+
+    @property
+    def index(self) -> int: ...
+    @property
+    def file(self) -> str: ...
+    @property
+    def label(self) -> int: ...
+
 
 TOLERANCE_POINTS = 1e-9  # accuracy points: float noise allowed at the target boundary
 
@@ -223,3 +236,31 @@ def cheapest_within(
         }
     )
     return best
+
+
+def make_record(
+    sample: SampleLike,
+    edge_pred: int,
+    value: float,
+    transmitted: bool,
+    num_patches: int,
+    server_pred: int | None,
+    bytes_sent: int | None = None,
+) -> ImageRecord:
+    """One image's record: the server's answer when transmitted, the edge's otherwise.
+
+    The one record builder of :func:`collabvit.engine.evaluate`, the sweep and the client.
+    """
+    final = server_pred if transmitted and server_pred is not None else edge_pred
+    return ImageRecord(
+        sample.index,
+        sample.file,
+        sample.label,
+        int(edge_pred),
+        float(value),
+        bool(transmitted),
+        int(num_patches) if transmitted else 0,
+        int(server_pred) if transmitted and server_pred is not None else None,
+        int(final),
+        bytes_sent,
+    )

@@ -8,8 +8,8 @@ with these functions, so they decide identically:
   selection rule (Sec. IV-B) picks their patches.
 - :func:`classify_on_server` (steps 6-9): the server ViT classifies each
   transmitted image from its kept patches only (eq. 1 on the kept tokens).
-- :func:`make_record`: step 9's outcome for one image (the server's label when
-  transmitted, the edge's otherwise).
+
+Step 9's outcome for one image is :func:`collabvit.metrics.make_record`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from .attention import get_score
 from .data import Sample
 from .errors import ConfigError
 from .gating import get_measure, transmit_mask, uncertainty
-from .metrics import ImageRecord
 from .models import LoadedModel, forward_subset, forward_with_scores
 from .selection import Selection, as_numpy, get_rule, select_patches
 
@@ -38,7 +37,6 @@ __all__ = [
     "check_pair",
     "classify_on_server",
     "decide_on_edge",
-    "make_record",
 ]
 
 
@@ -137,31 +135,3 @@ def classify_on_server(server: LoadedModel, pixels: torch.Tensor, keep_mask: Any
     """
     mask = torch.as_tensor(as_numpy(keep_mask).astype(bool), device=server.device)
     return forward_subset(server, server.normalise(pixels.to(server.device)), mask)
-
-
-def make_record(
-    sample: Sample,
-    edge_pred: int,
-    value: float,
-    transmitted: bool,
-    num_patches: int,
-    server_pred: int | None,
-    bytes_sent: int | None = None,
-) -> ImageRecord:
-    """One image's record: the server's answer when transmitted, the edge's otherwise.
-
-    The one record builder of :func:`collabvit.engine.evaluate` and the sweep.
-    """
-    final = server_pred if transmitted and server_pred is not None else edge_pred
-    return ImageRecord(
-        sample.index,
-        sample.file,
-        sample.label,
-        int(edge_pred),
-        float(value),
-        bool(transmitted),
-        int(num_patches) if transmitted else 0,
-        int(server_pred) if transmitted and server_pred is not None else None,
-        int(final),
-        bytes_sent,
-    )

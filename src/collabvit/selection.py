@@ -34,6 +34,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from ._arrays import as_numpy
 from .errors import ConfigError
 
 __all__ = [
@@ -53,13 +54,6 @@ __all__ = [
 ]
 
 BoolArray = npt.NDArray[np.bool_]
-
-
-def as_numpy(x: Any) -> npt.NDArray[Any]:
-    """A numpy view of an array or a (CPU or GPU) torch tensor, without importing torch."""
-    if hasattr(x, "detach"):  # a torch tensor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
 
 
 @dataclass(frozen=True)
