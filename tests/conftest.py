@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -78,6 +78,12 @@ def write_model_json(folder: Path, name: str, seed: int, **vit: object) -> Path:
     path = folder / f"{name}.json"
     path.write_text(json.dumps(config))
     return path
+
+
+@pytest.fixture(scope="session")
+def model_json_writer() -> Callable[..., Path]:
+    """:func:`write_model_json`, for test modules in subfolders (no ``from conftest import``)."""
+    return write_model_json
 
 
 @pytest.fixture(scope="session")

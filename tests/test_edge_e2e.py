@@ -220,7 +220,7 @@ def test_edge_over_http_predicts_exactly_what_evaluate_predicts(
     edge = start(
         "edge", *models, "--server-url", url, *data, *point, "--codec", "raw",
         "--concurrency", "3", "--threads", "1", "--wait-for-server", str(START_TIMEOUT_S),
-        "--out", str(jsonl),
+        "--baseline-bytes", "--out", str(jsonl),
     )  # fmt: skip
     assert servers.get("plain").url == url
     finish(evaluation, "collabvit evaluate")

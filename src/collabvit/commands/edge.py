@@ -5,7 +5,9 @@ uncertain have their selected patches sent to the server (collabvit serve).
 With the raw codec the predictions equal `collabvit evaluate`'s at the same
 models and operating point. If the server cannot answer, the image keeps the
 edge's prediction (source edge-fallback): every image gets an answer. Writes
-one JSON line per image, in input order, to --out. See docs/serving.md.
+one JSON line per image, in input order, to --out. With --baseline-bytes the
+summary also compares the bytes sent with uploading every whole image as a
+JPEG q90 file (a measurement, off by default). See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -54,6 +56,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     net.add_argument(
         "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)"
+    )
+    net.add_argument(
+        "--baseline-bytes",
+        action="store_true",
+        help="also measure each original image as a whole JPEG q90 upload (the baseline the "
+        "summary compares against; costs one decode and encode per image)",
     )
 
 
@@ -110,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         token=args.token or os.environ.get("COLLABVIT_TOKEN") or None,
         batch_size=args.batch_size,
         wait_for_server_s=args.wait_for_server,
+        full_jpeg_baseline=args.baseline_bytes,
     )
     samples = _samples(args)
     edge = load_role(args, "edge")
@@ -117,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar(len(samples), "edge") as bar:
         results = client.run(samples, on_result=lambda _r: bar.update(1))
     write_jsonl(results, args.out)
-    s = summarise(results)
+    s = summarise(results, edge.num_patches)
     fallbacks = [r for r in results if r.source == "edge-fallback"]
     if fallbacks:
         logging.getLogger("collabvit.edge").warning(
@@ -139,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
     )
     print(
         f"{s['images']} images | accuracy {pct(s['accuracy'])} (edge alone "
-        f"{pct(s['edge_accuracy'])}) | transmitted {pct(s['transmit_ratio'])} | "
+        f"{pct(s['edge_accuracy'])}) | transmitted {pct(s['transmit_ratio'])}, communication "
+        f"cost {pct(s['communication_cost'])} | "
         f"server {src['server']}, edge {src['edge']}, fallbacks {src['edge-fallback']}"
         + (f", unreadable {src['unreadable']}" if src["unreadable"] else "")
         + f" | sent {s['mean_bytes_per_image']:,.0f} B/image{vs_full}"

@@ -1,0 +1,346 @@
+"""The edge device of collaborative inference (paper Algorithm 1, Fig. 2), over HTTP.
+
+:class:`EdgeClient` runs the edge model locally, in batches, deciding with
+:func:`collabvit.pipeline.decide_on_edge` (steps 2-5: edge forward, the gate
+of eq. 11, the selection rule with ``image_ids = sample.index``) exactly as
+``collabvit evaluate`` does. An image the gate keeps is answered by the edge;
+for the others the selected patches are encoded with :func:`collabvit.wire.encode`
+and sent to the server's ``POST /v1/infer`` (:func:`collabvit.client.http.send`)
+by ``concurrency`` workers sharing one keep-alive ``httpx.AsyncClient``.
+
+Failures never drop an image: when the server cannot answer, the image gets
+the edge's own prediction, marked ``edge-fallback``. A
+:class:`~collabvit.client.breaker.CircuitBreaker` opens after
+``breaker_failures`` images in a row failed that way; while it is open images
+fall back at once; after ``breaker_cooldown_s`` it lets calls through again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from ..data import Sample, iter_batches, load_image
+from ..errors import ConfigError, ServerError
+from ..models import LoadedModel
+from ..pipeline import OperatingPoint, decide_on_edge
+from ..wire import CODECS, encode, full_image_bytes
+from . import http as _http
+from .breaker import CircuitBreaker
+from .http import RetryPolicy, ServerAnswer
+from .results import ImageResult
+
+__all__ = ["ClientConfig", "EdgeClient", "EdgeDecision", "whole_jpeg_bytes"]
+
+logger = logging.getLogger(__name__)
+
+Finish = Callable[[ImageResult], None]
+Decisions = Generator[list["EdgeDecision"], None, None]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where and how the edge talks to the server."""
+
+    server_url: str  # e.g. http://127.0.0.1:8000
+    codec: str = "raw"  # raw | png | jpeg
+    quality: int = 90  # jpeg quality
+    concurrency: int = 4  # requests in flight
+    timeout_s: float = 30.0  # per request (connect, write, read each)
+    retries: int = 2  # extra attempts after the first
+    backoff_s: float = 0.2  # delay before the first retry; doubles each retry
+    max_backoff_s: float = 30.0  # cap on any delay, Retry-After included
+    token: str | None = None  # bearer token
+    batch_size: int = 64  # images per edge forward
+    breaker_failures: int = 5  # consecutive failed images that pause the server (0: never)
+    breaker_cooldown_s: float = 5.0  # how long it stays paused
+    full_jpeg_baseline: bool = False  # also measure each original as a JPEG q90 upload
+    wait_for_server_s: float = 0.0  # before the first upload, wait this long for /healthz
+
+    def __post_init__(self) -> None:
+        if not self.server_url.startswith(("http://", "https://")):
+            raise ConfigError(f"server URL {self.server_url!r} must start with http:// or https://")
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown codec {self.codec!r}: use one of {', '.join(CODECS)}")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"quality must be 1..100, got {self.quality}")
+        if self.concurrency < 1 or self.batch_size < 1:
+            raise ConfigError("concurrency and batch size must be >= 1")
+        if self.retries < 0 or self.breaker_failures < 0:
+            raise ConfigError("retries and breaker failures must be >= 0")
+        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
+            raise ConfigError(f"timeout_s must be a finite number > 0, got {self.timeout_s}")
+        for name in ("backoff_s", "max_backoff_s", "breaker_cooldown_s", "wait_for_server_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.backoff_s, self.max_backoff_s)
+
+
+@dataclass
+class EdgeDecision:
+    """The edge half of Algorithm 1 for one image (steps 2-5), encoded for the wire."""
+
+    sample: Sample
+    edge_pred: int
+    uncertainty: float
+    transmit: bool
+    num_patches: int  # selected patches (0 when kept on the edge)
+    payload: bytes | None  # the wire message (None when kept on the edge)
+    full_jpeg_bytes: int | None = None  # the whole original as JPEG q90 (opt-in baseline)
+
+
+class EdgeClient:
+    """Runs the edge model and asks the server about uncertain images.
+
+    Args:
+        edge: the edge model.
+        point: score, selection rule and threshold, gate measure and eta.
+        config: server URL, codec, concurrency, timeouts, retries, breaker.
+        transport: an ``httpx.AsyncBaseTransport`` (e.g. ``httpx.ASGITransport``
+            around :func:`collabvit.server.create_app`) instead of the network.
+        clock: the breaker's clock (seconds, monotonic).
+    """
+
+    def __init__(
+        self,
+        edge: LoadedModel,
+        point: OperatingPoint,
+        config: ClientConfig,
+        transport: httpx.AsyncBaseTransport | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.edge = edge
+        self.point = point
+        self.config = config
+        self.transport = transport
+        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s, clock)
+
+    # ------------------------------------------------------------------ edge side
+
+    def decide(self, samples: Sequence[Sample], skipped: list[Sample] | None = None) -> Decisions:
+        """Edge forward, gate, selection and encoding, one batch at a time.
+
+        The same steps, in the same batches, as :func:`collabvit.engine.evaluate`.
+        Unreadable files are appended to ``skipped``.
+        """
+        edge, cfg = self.edge, self.config
+        for batch in iter_batches(samples, edge.preprocessing, cfg.batch_size, skipped):
+            pixels = batch.pixels.to(edge.device)  # (B, C, H, W) uint8
+            decided = decide_on_edge(edge, pixels, batch.samples, self.point)
+            masks = {}  # position in the batch -> (N,) bool keep mask
+            if decided.selection is not None:
+                masks = dict(zip(decided.rows, decided.selection.keep_mask, strict=True))
+            decisions = []
+            for j, sample in enumerate(batch.samples):
+                mask = masks.get(j)
+                payload = None
+                if mask is not None:
+                    image = batch.pixels[j].numpy()  # (C, H, W) uint8
+                    payload = encode(image, mask, edge.patch_size, cfg.codec, cfg.quality)
+                full = whole_jpeg_bytes(sample, edge) if cfg.full_jpeg_baseline else None
+                decisions.append(
+                    EdgeDecision(
+                        sample,
+                        int(decided.edge_pred[j]),
+                        float(decided.uncertainty[j]),
+                        mask is not None,
+                        0 if mask is None else int(mask.sum()),
+                        payload,
+                        full,
+                    )
+                )
+            yield decisions
+
+    # ------------------------------------------------------------------ server side
+
+    def http_client(self) -> httpx.AsyncClient:
+        """An ``httpx.AsyncClient`` for :meth:`send`: base URL, token, timeouts, pool size."""
+        cfg = self.config
+        return _http.make_client(
+            cfg.server_url,
+            token=cfg.token,
+            timeout_s=cfg.timeout_s,
+            max_connections=cfg.concurrency,
+            transport=self.transport,
+        )
+
+    async def send(self, http: httpx.AsyncClient, payload: bytes) -> ServerAnswer:
+        """POST one payload to ``/v1/infer`` with the config's retry policy.
+
+        Raises:
+            ServerError: the server did not answer 200 after every attempt, or
+                answered an error that retrying cannot fix (4xx).
+        """
+        return await _http.send(http, payload, self.config.retry_policy)
+
+    # ------------------------------------------------------------------ the whole run
+
+    def run(self, samples: Sequence[Sample], on_result: Finish | None = None) -> list[ImageResult]:
+        """Answer every sample; see :meth:`arun`."""
+        return asyncio.run(self.arun(samples, on_result))
+
+    async def arun(
+        self, samples: Sequence[Sample], on_result: Finish | None = None
+    ) -> list[ImageResult]:
+        """Answer every sample, in input order: one :class:`ImageResult` each.
+
+        The edge model runs in a worker thread, so the next batch is computed
+        while the previous one's payloads are on the wire. ``on_result`` is
+        called (on the event loop) as each image is answered.
+        """
+        self.breaker.reset()
+        position = {s.index: i for i, s in enumerate(samples)}
+        results: list[ImageResult | None] = [None] * len(samples)
+
+        def finish(result: ImageResult) -> None:
+            results[position[result.index]] = result
+            if on_result is not None:
+                on_result(result)
+
+        skipped: list[Sample] = []
+        async with self.http_client() as http:
+            await self._pump(http, self.decide(samples, skipped), finish)
+        for s in skipped:
+            finish(_unreadable_result(s))
+        assert all(r is not None for r in results)
+        return [r for r in results if r is not None]
+
+    async def _pump(self, http: httpx.AsyncClient, decisions: Decisions, finish: Finish) -> None:
+        """Feed the edge's decisions to ``concurrency`` workers until every image is answered."""
+        queue: asyncio.Queue[EdgeDecision | None] = asyncio.Queue(
+            maxsize=2 * self.config.concurrency
+        )
+        ready = asyncio.create_task(self._wait_for_server(http))
+        workers = [
+            asyncio.create_task(self._worker(http, queue, finish, ready))
+            for _ in range(self.config.concurrency)
+        ]
+        try:
+            while (batch := await asyncio.to_thread(next, decisions, None)) is not None:
+                for d in batch:
+                    if d.transmit:
+                        await queue.put(d)
+                    else:
+                        finish(_edge_result(self.edge, d, "edge"))
+            for _ in workers:
+                await queue.put(None)
+            await asyncio.gather(*workers)
+        finally:
+            for task in (*workers, ready):
+                task.cancel()
+            await asyncio.gather(*workers, ready, return_exceptions=True)
+            with contextlib.suppress(ValueError):  # still running in its thread
+                decisions.close()
+
+    async def _worker(
+        self,
+        http: httpx.AsyncClient,
+        queue: asyncio.Queue[EdgeDecision | None],
+        finish: Finish,
+        ready: asyncio.Task[None],
+    ) -> None:
+        await asyncio.shield(ready)
+        while (d := await queue.get()) is not None:
+            finish(await self._transmit(http, d))
+
+    async def _wait_for_server(self, http: httpx.AsyncClient) -> None:
+        """Poll ``/healthz`` for at most ``wait_for_server_s`` (0: do not wait)."""
+        deadline = time.monotonic() + self.config.wait_for_server_s
+        while time.monotonic() < deadline:
+            try:
+                if (await http.get("/healthz", timeout=2.0)).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            await asyncio.sleep(0.2)
+        if self.config.wait_for_server_s > 0:
+            logger.warning(
+                "%s did not answer /healthz within %g s: trying anyway",
+                self.config.server_url,
+                self.config.wait_for_server_s,
+            )
+
+    async def _transmit(self, http: httpx.AsyncClient, d: EdgeDecision) -> ImageResult:
+        """One transmitted image: the server's answer, or the edge's when the server fails."""
+        assert d.payload is not None
+        if not self.breaker.allow():
+            error = f"server paused after {self.config.breaker_failures} failed images in a row"
+            return _edge_result(self.edge, d, "edge-fallback", error=error)
+        try:
+            answer = await self.send(http, d.payload)
+        except ServerError as exc:
+            if _http.is_retryable(exc):
+                self._count_failure(exc)
+            logger.debug("%s: edge fallback: %s", d.sample.file, exc)
+            return _edge_result(self.edge, d, "edge-fallback", exc.attempts, str(exc))
+        self.breaker.record_success()
+        result = _edge_result(self.edge, d, "server", answer.attempts)
+        result.prediction = answer.label
+        result.class_name = answer.class_name
+        result.rtt_ms = round(answer.rtt_ms, 3)
+        result.server_ms = answer.server_ms
+        return result
+
+    def _count_failure(self, exc: ServerError) -> None:
+        if self.breaker.record_failure():
+            logger.warning(
+                "server failed %d images in a row (%s): answering on the edge for %g s",
+                self.config.breaker_failures,
+                exc,
+                self.config.breaker_cooldown_s,
+            )
+
+
+def whole_jpeg_bytes(sample: Sample, edge: LoadedModel) -> int | None:
+    """The baseline: bytes of the whole original image as one JPEG q90 upload (None: unreadable).
+
+    A measurement, not part of the method; :class:`EdgeClient` runs it only with
+    ``ClientConfig(full_jpeg_baseline=True)`` (``collabvit edge --baseline-bytes``).
+    """
+    if sample.array is not None:
+        return full_image_bytes(sample.array, "jpeg", 90)
+    assert sample.path is not None
+    image = load_image(sample.path, edge.preprocessing.channels)
+    return None if image is None else full_image_bytes(image, "jpeg", 90)
+
+
+def _edge_result(
+    edge: LoadedModel,
+    d: EdgeDecision,
+    source: str,
+    attempts: int = 0,
+    error: str | None = None,
+) -> ImageResult:
+    s = d.sample
+    return ImageResult(
+        s.file,
+        None if s.label < 0 else s.label,
+        d.edge_pred,
+        edge.class_name(d.edge_pred),
+        source,
+        d.uncertainty,
+        d.num_patches,
+        0 if d.payload is None else len(d.payload),
+        None,
+        edge_prediction=d.edge_pred,
+        attempts=attempts,
+        full_jpeg_bytes=d.full_jpeg_bytes,
+        error=error,
+        index=s.index,
+    )
+
+
+def _unreadable_result(s: Sample) -> ImageResult:
+    label = None if s.label < 0 else s.label
+    return ImageResult(s.file, label, None, None, "unreadable", None, 0, 0, None, index=s.index)

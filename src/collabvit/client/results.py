@@ -1,0 +1,102 @@
+"""What the edge client answered: one :class:`ImageResult` per image, as JSONL and a summary.
+
+The summary's accuracy, transmit ratio and communication cost come from
+:func:`collabvit.metrics.summarise`, the function ``collabvit evaluate`` and
+the sweep use, so the edge client reports the same numbers for the same
+decisions; the client adds answers by source, bytes and latency.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..metrics import summarise as summarise_metrics
+
+__all__ = ["SOURCES", "TRANSMITTED", "ImageResult", "summarise", "write_jsonl"]
+
+SOURCES = ("edge", "server", "edge-fallback", "unreadable")
+"""Who answered an image: the edge (kept), the server, the edge after the
+server failed, or nobody (the file could not be read)."""
+
+TRANSMITTED = ("server", "edge-fallback")
+"""The sources of images the gate sent to the server (eq. 11)."""
+
+
+@dataclass
+class ImageResult:
+    """What happened to one image: one line of the JSONL output."""
+
+    file: str
+    label: int | None  # None when unknown
+    prediction: int | None  # None only for unreadable files
+    class_name: str | None
+    source: str  # one of SOURCES
+    uncertainty: float | None
+    patches_sent: int  # patches in the payload offered to the server
+    bytes_sent: int  # bytes of that payload (one attempt)
+    rtt_ms: float | None  # round trip of the answered attempt
+    edge_prediction: int | None = None
+    server_ms: float | None = None
+    attempts: int = 0  # HTTP attempts made
+    full_jpeg_bytes: int | None = None  # the whole original as JPEG q90 (opt-in baseline)
+    error: str | None = None  # why the server did not answer (edge-fallback)
+    index: int = field(default=-1, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["index"]
+        return out
+
+
+def write_jsonl(results: Sequence[ImageResult], path: str | Path) -> None:
+    """One JSON object per image, in input order."""
+    with open(path, "w") as fh:
+        for r in results:
+            fh.write(json.dumps(r.to_json()) + "\n")
+
+
+def summarise(
+    results: Sequence[ImageResult], patches_per_image: int | None = None
+) -> dict[str, Any]:
+    """Sec. VI-A metrics of a run plus the client's own counts.
+
+    Accuracy (system and edge alone, over the labelled answered images),
+    transmit ratio and, given ``patches_per_image`` (N), the communication
+    cost are :func:`collabvit.metrics.summarise` over the answered images; an
+    ``edge-fallback`` image counts as transmitted (the gate sent it). Bytes
+    are those of server-answered payloads over all answered images.
+    """
+    answered = [r for r in results if r.prediction is not None]
+    summary = summarise_metrics(
+        labels=[-1 if r.label is None else r.label for r in answered],
+        edge_pred=[-1 if r.edge_prediction is None else r.edge_prediction for r in answered],
+        final_pred=[r.prediction for r in answered],
+        transmitted=np.asarray([r.source in TRANSMITTED for r in answered], dtype=bool),
+        num_patches=[r.patches_sent for r in answered],
+        patches_per_image=patches_per_image or 1,
+        nbytes=[r.bytes_sent if r.source == "server" else 0 for r in answered],
+    )
+    full = [r.full_jpeg_bytes for r in answered if r.full_jpeg_bytes is not None]
+    return {
+        "images": len(results),
+        "answered": summary.images,
+        "accuracy": summary.accuracy,
+        "edge_accuracy": summary.edge_accuracy,
+        "transmit_ratio": summary.transmit_ratio,
+        "communication_cost": summary.communication_cost if patches_per_image else None,
+        "mean_patches_transmitted": summary.mean_patches_transmitted,
+        "sources": {s: sum(r.source == s for r in results) for s in SOURCES},
+        "mean_bytes_per_image": summary.bytes_per_image,
+        "mean_full_jpeg_bytes": sum(full) / len(full) if full else None,
+        "mean_rtt_ms": _mean([r.rtt_ms for r in answered if r.rtt_ms is not None]),
+    }
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
