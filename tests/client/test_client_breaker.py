@@ -101,7 +101,9 @@ def run_on_a_failing_server(
         calls.append(len(calls) + 1)
         if len(calls) <= failing_calls:
             return httpx.Response(503, json={"error": "overloaded"})
-        return httpx.Response(200, json={"label": 7, "class_name": "seven", "server_ms": 1.0})
+        top5 = [{"label": 7, "class_name": "seven", "probability": 0.8}]
+        answer = {"label": 7, "class_name": "seven", "top5": top5, "server_ms": 1.0}
+        return httpx.Response(200, json=answer)
 
     config = ClientConfig(
         BASE, concurrency=1, retries=0, breaker_failures=2, breaker_cooldown_s=10.0

@@ -27,7 +27,37 @@ from collabvit.errors import ConfigError, ServerError
 from collabvit.models import LoadedModel, load_model
 from collabvit.server import ServerConfig, create_app
 
-ANSWER = {"label": 7, "class_name": "seven", "top5": [{"label": 7}], "server_ms": 1.5}
+TOP = [{"label": 7, "class_name": "seven", "probability": 0.75}]
+ANSWER = {"label": 7, "class_name": "seven", "top5": TOP, "server_ms": 1.5}
+TOP2 = '[{"label": 7, "probability": 0.6}, {"label": 3, "probability": 0.3}]'
+BAD_ANSWERS = {  # raw 200 bodies that are not a collabvit prediction
+    "label 1e999": b'{"label": 1e999, "top5": ' + TOP2.encode() + b"}",
+    "label a string": b'{"label": "7", "top5": ' + TOP2.encode() + b"}",
+    "label a float": b'{"label": 7.0, "top5": ' + TOP2.encode() + b"}",
+    "label a bool": b'{"label": true, "top5": ' + TOP2.encode() + b"}",
+    "label negative": b'{"label": -1, "top5": ' + TOP2.encode() + b"}",
+    "label null": b'{"label": null, "top5": ' + TOP2.encode() + b"}",
+    "no label": b'{"top5": ' + TOP2.encode() + b"}",
+    "top5 missing": b'{"label": 7}',
+    "top5 an object": b'{"label": 7, "top5": {"label": 7, "probability": 0.5}}',
+    "top5 empty": b'{"label": 7, "top5": []}',
+    "top5 of ints": b'{"label": 7, "top5": [7, 3]}',
+    "top5 NaN": b'{"label": 7, "top5": [{"label": 7, "probability": NaN}]}',
+    "top5 inf": b'{"label": 7, "top5": [{"label": 7, "probability": 1e999}]}',
+    "top5 above 1": b'{"label": 7, "top5": [{"label": 7, "probability": 1.5}]}',
+    "top5 label 1e999": b'{"label": 7, "top5": [{"label": 1e999, "probability": 0.5}]}',
+    "top5 repeats": b'{"label": 7, "top5": [{"label": 7, "probability": 0.4}, '
+    b'{"label": 7, "probability": 0.4}]}',
+    "top5 unsorted": b'{"label": 7, "top5": [{"label": 7, "probability": 0.1}, '
+    b'{"label": 3, "probability": 0.6}]}',
+    "class_name a number": b'{"label": 7, "class_name": 7, "top5": ' + TOP2.encode() + b"}",
+    "server_ms a string": b'{"label": 7, "server_ms": "fast", "top5": ' + TOP2.encode() + b"}",
+    "server_ms NaN": b'{"label": 7, "server_ms": NaN, "top5": ' + TOP2.encode() + b"}",
+    "a list": b"[7]",
+    "not JSON": b"<html>hello</html>",
+    "not UTF-8": b"\xff\xfe\x00",
+    "empty": b"",
+}
 
 Handler = Callable[[httpx.Request], httpx.Response]
 
@@ -87,7 +117,7 @@ def test_send_parses_a_200_and_sends_token_and_body() -> None:
         1.5,
         1,
     )
-    assert answer.top5 == [{"label": 7}] and answer.rtt_ms >= 0
+    assert answer.top5 == TOP and answer.rtt_ms >= 0
     assert slept == []
     (request,) = seen
     assert request.url.path == "/v1/infer" and request.method == "POST"
@@ -148,11 +178,19 @@ def test_4xx_is_not_retried(status: int) -> None:
     assert len(seen) == 1 and slept == []
 
 
-def test_a_200_that_is_not_a_prediction_is_not_retried() -> None:
-    handler, seen = scripted(httpx.Response(200, json={"hello": "world"}))
-    error, _ = send_with(handler, RetryPolicy(retries=3))
-    assert isinstance(error, ServerError) and "without a label" in str(error)
-    assert (error.status_code, error.attempts, len(seen)) == (200, 1, 1)
+@pytest.mark.parametrize("body", list(BAD_ANSWERS.values()), ids=list(BAD_ANSWERS))
+def test_a_200_that_is_not_a_prediction_is_a_failed_attempt_and_retried(body: bytes) -> None:
+    """Issue 16 item 6: every answer is validated; a bad one is retried, never trusted."""
+    handler, seen = scripted(*[httpx.Response(200, content=body)] * 2)
+    error, _ = send_with(handler, RetryPolicy(retries=1, backoff_s=0.0))
+    assert isinstance(error, ServerError), error
+    assert is_retryable(error)
+    assert (error.status_code, error.attempts, len(seen)) == (200, 2, 2)
+    assert "is this a collabvit server?" in str(error)
+    # then a good answer is taken
+    handler, _ = scripted(httpx.Response(200, content=body), httpx.Response(200, json=ANSWER))
+    answer, _ = send_with(handler, RetryPolicy(retries=1, backoff_s=0.0))
+    assert isinstance(answer, ServerAnswer) and answer.attempts == 2
 
 
 def test_retry_after_and_policy_values() -> None:

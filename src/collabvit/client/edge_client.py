@@ -182,7 +182,9 @@ class EdgeClient:
             ServerError: the server did not answer 200 after every attempt, or
                 answered an error that retrying cannot fix (4xx).
         """
-        return await _http.send(http, payload, self.config.retry_policy)
+        return await _http.send(
+            http, payload, self.config.retry_policy, num_classes=self.edge.num_classes
+        )
 
     # ------------------------------------------------------------------ the whole run
 
@@ -252,7 +254,13 @@ class EdgeClient:
     ) -> None:
         await asyncio.shield(ready)
         while (d := await queue.get()) is not None:
-            finish(await self._transmit(http, d))
+            try:
+                result = await self._transmit(http, d)
+            except Exception as exc:  # no answer may cost an image or a worker
+                logger.exception("%s: unexpected error, answering on the edge", d.sample.file)
+                error = f"unexpected {type(exc).__name__}: {exc}"
+                result = _edge_result(self.edge, d, "edge-fallback", error=error)
+            finish(result)
 
     async def _wait_for_server(self, http: httpx.AsyncClient) -> None:
         """Poll ``/healthz`` for at most ``wait_for_server_s`` (0: do not wait)."""

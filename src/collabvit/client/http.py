@@ -2,8 +2,10 @@
 
 :func:`send` -> retries (exponential backoff, ``Retry-After`` honoured) ->
 one attempt -> :func:`parse_answer`. Connect errors, timeouts, 5xx (503
-included) and 429 are retried; other 4xx answers (400 malformed, 401 token,
-413 too large) are not, since resending cannot help. Every failure is a
+included), 429 and 200 answers that are not a collabvit prediction
+(:class:`InvalidAnswer`: every field is checked, see :func:`answer_problem`)
+are retried; other 4xx answers (400 malformed, 401 token, 413 too large) are
+not, since resending cannot help. Every failure is a
 :class:`~collabvit.errors.ServerError` carrying the last HTTP status
 (``status_code``, None when no answer came) and the ``attempts`` made.
 
@@ -15,6 +17,7 @@ around the server app, or ``httpx.MockTransport``.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -27,8 +30,10 @@ from ..errors import ConfigError, ServerError
 
 __all__ = [
     "INFER_PATH",
+    "InvalidAnswer",
     "RetryPolicy",
     "ServerAnswer",
+    "answer_problem",
     "is_retryable",
     "make_client",
     "parse_answer",
@@ -40,6 +45,12 @@ __all__ = [
 INFER_PATH = "/v1/infer"
 
 Sleep = Callable[[float], Awaitable[None]]
+
+_NOT_JSON = object()
+
+
+class InvalidAnswer(ServerError):
+    """A 200 answer that is not a collabvit prediction (retried like a 5xx)."""
 
 
 @dataclass
@@ -108,13 +119,18 @@ async def send(
     payload: bytes,
     policy: RetryPolicy,
     sleep: Sleep = asyncio.sleep,
+    *,
+    num_classes: int | None = None,
 ) -> ServerAnswer:
     """POST one payload to ``/v1/infer``, retrying what a retry can fix.
 
+    Args:
+        num_classes: the label space; answers outside it are invalid.
+
     Raises:
-        ServerError: no 200 answer after ``policy.attempts`` attempts, an
-            answer that retrying cannot fix (4xx but 429), or a 200 answer
-            that is not a collabvit prediction.
+        ServerError: no valid 200 answer after ``policy.attempts`` attempts
+            (a 200 that is not a prediction counts as a failed attempt), or an
+            answer that retrying cannot fix (4xx but 429).
     """
     failure = ServerError("no attempt made", attempts=0)
     for attempt in range(1, policy.attempts + 1):
@@ -124,15 +140,18 @@ async def send(
         except ServerError as exc:
             failure = exc
         else:
-            if response.status_code == 200:
-                return parse_answer(response, rtt_ms, attempt)
-            failure = _error_answer(response, attempt)
+            try:
+                if response.status_code == 200:
+                    return parse_answer(response, rtt_ms, attempt, num_classes)
+                failure = _error_answer(response, attempt)
+            except InvalidAnswer as exc:
+                failure = exc
             if not is_retryable(failure):
                 raise failure
             retry_after = retry_after_s(response)
         if attempt < policy.attempts:
             await sleep(policy.delay(attempt, retry_after))
-    raise ServerError(
+    raise type(failure)(
         f"{failure} (after {policy.attempts} attempts)",
         status_code=failure.status_code,
         attempts=policy.attempts,
@@ -158,32 +177,105 @@ async def send_once(http: httpx.AsyncClient, payload: bytes) -> tuple[httpx.Resp
     return response, 1000.0 * (time.perf_counter() - started)
 
 
-def parse_answer(response: httpx.Response, rtt_ms: float, attempts: int) -> ServerAnswer:
-    """The prediction in a 200 answer.
+def parse_answer(
+    response: httpx.Response, rtt_ms: float, attempts: int, num_classes: int | None = None
+) -> ServerAnswer:
+    """The prediction in a 200 answer, checked field by field.
+
+    ``label`` must be an int in ``[0, num_classes)``; ``top5`` a non-empty list
+    of at most ``num_classes`` entries, each a distinct in-range int ``label``
+    with a finite ``probability`` in [0, 1], in non-increasing order;
+    ``class_name`` (optional) a string, ``server_ms`` (optional) a finite
+    number >= 0. JSON's ``NaN``, ``Infinity`` and ``1e999`` are refused.
 
     Raises:
-        ServerError: the body is not a collabvit prediction (not retried).
+        InvalidAnswer: the body is not a collabvit prediction (retried, like a 5xx).
     """
     try:
-        body = response.json()
-        return ServerAnswer(
-            int(body["label"]),
-            str(body.get("class_name", body["label"])),
-            list(body.get("top5", [])),
-            float(body.get("server_ms", math.nan)),
-            rtt_ms,
-            attempts,
-        )
-    except (ValueError, KeyError, TypeError, AttributeError):
-        raise ServerError(
-            "server answered 200 without a label: is this a collabvit server?",
+        body = json.loads(response.content)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        body = _NOT_JSON
+    problem = answer_problem(body, num_classes)
+    if problem is not None:
+        raise InvalidAnswer(
+            f"server answered 200 with {problem}: is this a collabvit server?",
             status_code=response.status_code,
             attempts=attempts,
-        ) from None
+        )
+    label = body["label"]
+    return ServerAnswer(
+        label,
+        body.get("class_name", str(label)),
+        list(body["top5"]),
+        float(body.get("server_ms", math.nan)),
+        rtt_ms,
+        attempts,
+    )
+
+
+def answer_problem(body: object, num_classes: int | None = None) -> str | None:
+    """What makes ``body`` (parsed JSON) not a collabvit prediction; None when it is one."""
+    if body is _NOT_JSON:
+        return "a body that is not JSON"
+    if not isinstance(body, dict):
+        return f"JSON {type(body).__name__} instead of an object"
+    if not _is_class(body.get("label"), num_classes):
+        return f"label {_short(body.get('label'))}, not a class index{_range(num_classes)}"
+    if not isinstance(body.get("class_name", ""), str):
+        return f"class_name {_short(body['class_name'])}, not a string"
+    if "server_ms" in body and not _is_number(body["server_ms"], 0.0, math.inf):
+        return f"server_ms {_short(body['server_ms'])}, not a finite number >= 0"
+    return _top5_problem(body.get("top5"), num_classes)
+
+
+def _top5_problem(top5: object, num_classes: int | None) -> str | None:
+    if not isinstance(top5, list) or not top5:
+        return f"top5 {_short(top5)}, not a non-empty list"
+    if num_classes is not None and len(top5) > num_classes:
+        return f"{len(top5)} top5 entries for {num_classes} classes"
+    previous = math.inf
+    seen: set[int] = set()
+    for entry in top5:
+        if not isinstance(entry, dict) or not _is_class(entry.get("label"), num_classes):
+            return f"top5 entry {_short(entry)} without a class index{_range(num_classes)}"
+        probability = entry.get("probability")
+        if not _is_number(probability, 0.0, 1.0):
+            return f"top5 probability {_short(probability)}, not a number in [0, 1]"
+        assert isinstance(probability, int | float)
+        if entry["label"] in seen or probability > previous + 1e-9:
+            return "top5 entries repeated or out of order"
+        if not isinstance(entry.get("class_name", ""), str):
+            return f"top5 class_name {_short(entry['class_name'])}, not a string"
+        seen.add(entry["label"])
+        previous = probability
+    return None
+
+
+def _is_class(value: object, num_classes: int | None) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return False
+    return value >= 0 and (num_classes is None or value < num_classes)
+
+
+def _is_number(value: object, low: float, high: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and low <= value <= high
+
+
+def _range(num_classes: int | None) -> str:
+    return " >= 0" if num_classes is None else f" in [0, {num_classes})"
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def is_retryable(error: ServerError) -> bool:
-    """Whether resending may help: no answer, 429, or 5xx (503 included)."""
+    """Whether resending may help: no answer, 429, 5xx (503 included), or a broken 200."""
+    if isinstance(error, InvalidAnswer):
+        return True
     code = error.status_code
     return code is None or code == 429 or code >= 500
 
@@ -202,8 +294,9 @@ def retry_after_s(response: httpx.Response) -> float | None:
 
 def _error_answer(response: httpx.Response, attempts: int) -> ServerError:
     try:
-        reason = str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
-        reason = response.text[:200] or response.reason_phrase
+        reason = str(json.loads(response.content)["error"])
+    except (ValueError, KeyError, TypeError, IndexError, RecursionError):
+        reason = response.text or response.reason_phrase
+    reason = " ".join(reason[:200].split())  # one short line, whatever the server sent
     code = response.status_code
     return ServerError(f"server answered {code}: {reason}", status_code=code, attempts=attempts)
