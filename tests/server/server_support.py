@@ -8,10 +8,17 @@ test module, built from the functions here.
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import struct
+import subprocess
+import sys
 import threading
+import time
+import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 import numpy as np
@@ -101,3 +108,142 @@ async def wait_until(check: Callable[[], bool], seconds: float = 10.0) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not reached in time")
+
+
+# --- real `collabvit serve` processes and raw sockets (the hardening tests) ---
+
+START_TIMEOUT_S = 180  # importing torch on a busy 2-core machine is slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cli_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "collabvit.cli", *args]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("COLLABVIT_TOKEN", None)
+    env["OMP_NUM_THREADS"] = "1"
+    env.update(extra)
+    return env
+
+
+class ServeProcess:
+    """A ``collabvit -v serve`` process on a free 127.0.0.1 port; its log in a file."""
+
+    def __init__(self, log_path: Path, server_json: Path, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log: IO[str] = open(log_path, "w")  # noqa: SIM115 (closed in stop())
+        command = cli_command(
+            "-v", "serve", "--server", str(server_json), "--host", "127.0.0.1",
+            "--port", str(self.port), "--threads", "1", *options,
+        )  # fmt: skip
+        self.proc = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=cli_env()
+        )
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text()
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        with httpx.Client(base_url=self.url, timeout=2) as client:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    code = self.proc.returncode
+                    raise AssertionError(f"server exited with {code}:\n{self.log()}")
+                try:
+                    if client.get("/healthz").status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                time.sleep(0.2)
+        raise AssertionError(f"server not ready after {START_TIMEOUT_S} s:\n{self.log()}")
+
+    def status_kib(self, field: str) -> int:
+        """A ``/proc/PID/status`` field in KiB: ``VmRSS`` (resident now), ``VmHWM`` (its peak)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} in /proc/{self.proc.pid}/status")
+
+    def reset_peak_rss(self) -> None:
+        """Start VmHWM again from the current RSS (Linux: write 5 to clear_refs)."""
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(30)
+        self._log.close()
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
+def read_until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, float | None]:
+    """Everything the server sends, and when (s from now) it closed; None: still open."""
+    start = time.monotonic()
+    data = b""
+    while (left := seconds - (time.monotonic() - start)) > 0:
+        sock.settimeout(left)
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            break
+        except ConnectionResetError:
+            return data, time.monotonic() - start
+        if not chunk:
+            return data, time.monotonic() - start
+        data += chunk
+    return data, None
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    crc = zlib.crc32(kind + data)
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+
+def blank_png(width: int, height: int, channels: int = 3, rows: int | None = None) -> bytes:
+    """A PNG of zeros (8-bit grey or RGB), compressed row by row: never held whole in memory.
+
+    ``rows`` < height writes only that many rows: a file whose header is all that matters.
+    """
+    colour_type = 2 if channels == 3 else 0
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    compressor = zlib.compressobj(9)
+    row = bytes(1 + width * channels)  # filter byte 0, then the pixels
+    parts = [compressor.compress(row) for _ in range(height if rows is None else rows)]
+    parts.append(compressor.flush())
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def one_patch_png_message(channels: int, size: int) -> bytes:
+    """A valid wire message: a size x size image that is one size-px patch, sent as PNG.
+
+    With size 8192 it is ~200 KB on the wire and 3 * 8192 * 8192 = 192 MiB decoded.
+    """
+    png = blank_png(size, size, channels)
+    header = struct.pack("<4sBBBBBHHHI", b"CVIT", 1, 1, 0, 0, channels, size, size, size, len(png))
+    body = header + b"\x01" + png  # mask: the one patch is selected
+    return body + struct.pack("<I", zlib.crc32(body))

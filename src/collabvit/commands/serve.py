@@ -29,8 +29,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bearer token required on /v1/* and /metrics (default: $COLLABVIT_TOKEN; "
         "unset: no authentication); /healthz stays open",
     )
-    net.add_argument(
+    limits = parser.add_argument_group("limits (see docs/serving.md, Limits)")
+    limits.add_argument(
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger bodies get 413"
+    )
+    limits.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=4096 * 4096,
+        metavar="N",
+        help="/v1/infer-image: images declaring more pixels get 413",
+    )
+    limits.add_argument(
+        "--max-decoded-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="N",
+        help="/v1/infer-image: images that would decode to more bytes get 413",
+    )
+    limits.add_argument(
+        "--max-decodes",
+        type=int,
+        default=4,
+        metavar="N",
+        help="requests decoded at once (each may hold --max-decoded-bytes); more wait",
     )
     net.add_argument(
         "--graceful-timeout",
@@ -79,6 +101,9 @@ def run(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,
         max_body_bytes=args.max_body_bytes,
+        max_image_pixels=args.max_image_pixels,
+        max_decoded_bytes=args.max_decoded_bytes,
+        max_decodes=args.max_decodes,
         token=args.token or os.environ.get("COLLABVIT_TOKEN") or None,
     )
     loaded = load_role(args, "server")

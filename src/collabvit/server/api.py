@@ -10,21 +10,23 @@ cost) and :func:`encode_response` turns one logits row into the JSON answer.
 from __future__ import annotations
 
 import io
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import torch
-from PIL import Image
+from PIL import Image, ImageMode
 
 from ..data import load_image, preprocess
 from ..errors import ConfigError, PayloadTooLarge, WireError
 from ..models import LoadedModel, forward_subset
-from ..wire import DEFAULT_MAX_BYTES, Geometry, decode
+from ..wire import DEFAULT_MAX_BYTES, HEADER_SIZE, MAGIC, WIRE_VERSION, Geometry, decode
 
 __all__ = [
     "Decoded",
     "ServerConfig",
+    "check_declared_geometry",
     "decode_image",
     "decode_request",
     "encode_response",
@@ -33,22 +35,35 @@ __all__ = [
     "predict_batch",
 ]
 
+# The fixed header's first 15 bytes (docs/wire-format.md): magic, version, then codec,
+# quality and flags (skipped), channels, patch_size, height, width; little-endian.
+_DECLARED: Final = struct.Struct("<4sB3xBHHH")
+
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """How the server batches, bounds and guards its work."""
+    """How the server batches, bounds and guards its work (the limits: docs/serving.md)."""
 
     max_batch_size: int = 32  # images per forward_subset call
     max_wait_ms: float = 5.0  # after the first request, wait this long for the batch to fill
     max_queue: int = 128  # requests waiting for the worker; beyond this: 503
     max_body_bytes: int = DEFAULT_MAX_BYTES  # larger request bodies: 413
-    max_image_pixels: int = 50_000_000  # /v1/infer-image: larger declared images: 413
+    max_image_pixels: int = 4096 * 4096  # /v1/infer-image: larger declared images: 413
+    max_decoded_bytes: int = 64 * 1024 * 1024  # what one request may decode to; beyond: 413
+    max_decodes: int = 4  # requests decoded at once; more wait for a slot
     token: str | None = None  # bearer token for /v1/* and /metrics (None: no auth)
     retry_after_s: int = 1  # Retry-After of a 503
     top_k: int = 5  # entries of "top5"
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_queue", "max_body_bytes", "max_image_pixels"):
+        for name in (
+            "max_batch_size",
+            "max_queue",
+            "max_body_bytes",
+            "max_image_pixels",
+            "max_decoded_bytes",
+            "max_decodes",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
@@ -77,7 +92,12 @@ def geometry_of(loaded: LoadedModel) -> Geometry:
 
 
 def decode_request(body: bytes, geometry: Geometry, max_bytes: int) -> Decoded:
-    """A wire payload -> pixels and keep mask. Raises :class:`WireError` if malformed."""
+    """A wire payload -> pixels and keep mask. Raises :class:`WireError` if malformed.
+
+    The geometry the header declares is checked first (:func:`check_declared_geometry`):
+    the decoder only ever allocates for the served geometry.
+    """
+    check_declared_geometry(body, geometry)
     payload = decode(body, max_bytes=max_bytes, expect=geometry)
     if payload.num_selected == 0:
         raise WireError("payload selects no patch: send at least one patch per image")
@@ -85,30 +105,81 @@ def decode_request(body: bytes, geometry: Geometry, max_bytes: int) -> Decoded:
     return Decoded(torch.from_numpy(pixels), torch.from_numpy(payload.keep_mask.copy()))
 
 
-def decode_image(body: bytes, loaded: LoadedModel, max_pixels: int) -> Decoded:
+def check_declared_geometry(body: bytes, geometry: Geometry) -> None:
+    """Refuse a wire message that declares another geometry, from its fixed header alone.
+
+    The wire format's last check (``expect``) done first, before any
+    allocation: a 200 KB message may declare 3x8192x8192 and decode to 192 MiB.
+    Messages too short for a header, or not ``CVIT`` version 1, are left to
+    :func:`~collabvit.wire.decode`, whose errors say what is wrong with them.
+
+    Raises:
+        WireError: C, H, W or P differs from ``geometry``.
+    """
+    if len(body) < HEADER_SIZE:
+        return
+    magic, version, channels, patch, height, width = _DECLARED.unpack_from(body)
+    declared = Geometry(channels, height, width, patch)
+    if magic == MAGIC and version == WIRE_VERSION and declared != geometry:
+        raise WireError(
+            f"payload is {declared.describe()} but the server model takes "
+            f"{geometry.describe()}; preprocess the image on the edge device for this model"
+        )
+
+
+def decode_image(
+    body: bytes, loaded: LoadedModel, max_pixels: int, max_decoded_bytes: int | None = None
+) -> Decoded:
     """A whole image file -> the model's preprocessed pixels, every patch kept.
 
     Raises:
         WireError: the body is not a readable image.
-        PayloadTooLarge: the image declares more than ``max_pixels`` pixels
-            (read from the header, before any pixel is decoded).
+        PayloadTooLarge: the image declares more than ``max_pixels`` pixels, or
+            would decode to more than ``max_decoded_bytes`` (read from the
+            header, before any pixel is decoded).
     """
-    try:
-        with Image.open(io.BytesIO(body)) as probe:  # lazy: reads the header only
-            width, height = probe.size
-    except Exception:
-        raise WireError("body is not a readable image file (JPEG, PNG, ...)") from None
-    if width * height > max_pixels:
+    width, height, pixel_bytes = _declared_image(body, max_pixels)
+    pixels = width * height
+    if pixels > max_pixels:
         raise PayloadTooLarge(
-            f"image is {width}x{height} = {width * height} pixels, more than this server's "
+            f"image is {width}x{height} = {pixels} pixels, more than this server's "
             f"limit of {max_pixels}: downscale it before sending"
+        )
+    decoded_bytes = pixels * max(pixel_bytes, loaded.preprocessing.channels)
+    if max_decoded_bytes is not None and decoded_bytes > max_decoded_bytes:
+        raise PayloadTooLarge(
+            f"image is {width}x{height} at {pixel_bytes} bytes per pixel: it decodes to "
+            f"{decoded_bytes} bytes, more than this server's limit of {max_decoded_bytes} "
+            "bytes: downscale it or send 8-bit RGB"
         )
     # NOTE: PIL opens file objects as well as paths; load_image converts modes as evaluate does.
     image = load_image(io.BytesIO(body), loaded.preprocessing.channels)  # type: ignore[arg-type]
     if image is None:
         raise WireError("body is not a readable image file (JPEG, PNG, ...)")
-    pixels = preprocess(image, loaded.preprocessing)  # (C, H, W) uint8
-    return Decoded(pixels, torch.ones(loaded.num_patches, dtype=torch.bool))
+    pixels_chw = preprocess(image, loaded.preprocessing)  # (C, H, W) uint8
+    return Decoded(pixels_chw, torch.ones(loaded.num_patches, dtype=torch.bool))
+
+
+def _declared_image(body: bytes, max_pixels: int) -> tuple[int, int, int]:
+    """(width, height, bytes per pixel) from an image file's header; no pixel is decoded.
+
+    Pillow refuses images over its own decompression-bomb limit as it opens
+    them (an error above twice ``Image.MAX_IMAGE_PIXELS``; a warning above it,
+    an error where warnings are errors): those are too large, not malformed.
+    """
+    try:
+        with Image.open(io.BytesIO(body)) as probe:  # lazy: reads the header only
+            mode = ImageMode.getmode(probe.mode)
+            width, height = probe.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise PayloadTooLarge(
+            f"image declares more pixels than Pillow's decompression-bomb limit "
+            f"({Image.MAX_IMAGE_PIXELS}), more than this server's limit of {max_pixels} "
+            "pixels: downscale it before sending"
+        ) from None
+    except Exception:
+        raise WireError("body is not a readable image file (JPEG, PNG, ...)") from None
+    return width, height, len(mode.bands) * int(mode.typestr[-1])
 
 
 @torch.inference_mode()

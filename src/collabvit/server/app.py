@@ -11,6 +11,7 @@ missing or wrong token 401, anything else 500.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import time
@@ -26,7 +27,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from ..errors import CollabViTError, PayloadTooLarge, ServerBusy, WireError
+from ..errors import CollabViTError, ConfigError, PayloadTooLarge, ServerBusy, WireError
 from ..models import LoadedModel
 from ..wire import Geometry
 from .api import (
@@ -59,6 +60,7 @@ class _Service:
     geometry: Geometry
     metrics: ServerMetrics
     batcher: Batcher[torch.Tensor]
+    decodes: asyncio.Semaphore | None = None  # made on the serving loop, at startup
     draining: bool = False
 
 
@@ -104,21 +106,31 @@ def _service(
         callbacks=(metrics, *callbacks),
     )
     metrics.track(lambda: batcher.queue_depth, lambda: batcher.in_flight)
-    return _Service(loaded, config, geometry_of(loaded), metrics, batcher)
+    geometry = geometry_of(loaded)
+    served_bytes = geometry.channels * geometry.height * geometry.width
+    if served_bytes > config.max_decoded_bytes:
+        raise ConfigError(
+            f"max_decoded_bytes ({config.max_decoded_bytes}) is below the {served_bytes} bytes "
+            f"of one {geometry.describe()} image: the server could decode no request"
+        )
+    return _Service(loaded, config, geometry, metrics, batcher)
 
 
 def _lifespan(s: _Service) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await s.batcher.start()
+        s.decodes = asyncio.Semaphore(s.config.max_decodes)
         logger.info(
-            "serving %s (%s, %d classes): batches of <= %d, wait <= %g ms, queue <= %d%s",
+            "serving %s (%s, %d classes): batches of <= %d, wait <= %g ms, queue <= %d, "
+            "decodes <= %d%s",
             s.loaded.name,
             s.geometry.describe(),
             s.loaded.num_classes,
             s.config.max_batch_size,
             s.config.max_wait_ms,
             s.config.max_queue,
+            s.config.max_decodes,
             ", bearer token required" if s.config.token else "",
         )
         try:
@@ -151,7 +163,9 @@ def _add_routes(app: FastAPI, s: _Service) -> None:
             s,
             request,
             "/v1/infer-image",
-            lambda body: decode_image(body, s.loaded, config.max_image_pixels),
+            lambda body: decode_image(
+                body, s.loaded, config.max_image_pixels, config.max_decoded_bytes
+            ),
         )
 
     @app.get("/healthz")
@@ -194,7 +208,9 @@ async def _infer(
     body = await _read_body(request, s.config.max_body_bytes)
     received = time.perf_counter()
     s.metrics.received_bytes.labels(endpoint).inc(len(body))
-    decoded = await run_in_threadpool(decode_body, body)
+    assert s.decodes is not None, "the app's lifespan has not started"
+    async with s.decodes:  # at most max_decodes at once: each may hold max_decoded_bytes
+        decoded = await run_in_threadpool(decode_body, body)
     logits, batch_size = await s.batcher.submit(decoded)
     result = encode_response(s.loaded, logits, s.config.top_k)
     server_ms = 1000.0 * (time.perf_counter() - received)
