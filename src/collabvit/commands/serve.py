@@ -34,6 +34,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-body-bytes", type=int, default=16 * 1024 * 1024, help="larger bodies get 413"
     )
     limits.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="close connections whose request line and headers take longer",
+    )
+    limits.add_argument(
+        "--body-timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="answer 408 (and close) when a request body takes longer",
+    )
+    limits.add_argument(
         "--max-image-pixels",
         type=int,
         default=4096 * 4096,
@@ -93,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..cli import load_role
     from ..server import ServerConfig, create_app
+    from ..server.protocol import http_protocol
 
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
@@ -104,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         max_image_pixels=args.max_image_pixels,
         max_decoded_bytes=args.max_decoded_bytes,
         max_decodes=args.max_decodes,
+        header_timeout_s=args.header_timeout,
+        body_timeout_s=args.body_timeout,
         token=args.token or os.environ.get("COLLABVIT_TOKEN") or None,
     )
     loaded = load_role(args, "server")
@@ -117,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     server = Server(
         uvicorn.Config(
             app,
+            http=http_protocol(config.header_timeout_s),  # closes slow-header connections
             host=args.host,
             port=args.port,
             log_config=None,  # the CLI configured logging

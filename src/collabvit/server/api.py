@@ -51,6 +51,8 @@ class ServerConfig:
     max_image_pixels: int = 4096 * 4096  # /v1/infer-image: larger declared images: 413
     max_decoded_bytes: int = 64 * 1024 * 1024  # what one request may decode to; beyond: 413
     max_decodes: int = 4  # requests decoded at once; more wait for a slot
+    header_timeout_s: float = 10.0  # request line and headers must arrive within this
+    body_timeout_s: float = 30.0  # the whole body must arrive within this of the headers: 408
     token: str | None = None  # bearer token for /v1/* and /metrics (None: no auth)
     retry_after_s: int = 1  # Retry-After of a 503
     top_k: int = 5  # entries of "top5"
@@ -67,6 +69,10 @@ class ServerConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"{name} must be an int >= 1, got {value!r}")
+        for name in ("header_timeout_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if not 0 < value <= 3600:  # also refuses nan
+                raise ConfigError(f"{name} must be in (0, 3600] seconds, got {value!r}")
         if not 0 <= self.max_wait_ms < 60_000:
             raise ConfigError(f"max_wait_ms must be in [0, 60000), got {self.max_wait_ms}")
         if self.retry_after_s < 0:

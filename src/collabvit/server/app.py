@@ -26,6 +26,8 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect
+from starlette.types import Message
 
 from ..errors import CollabViTError, ConfigError, PayloadTooLarge, ServerBusy, WireError
 from ..models import LoadedModel
@@ -49,6 +51,10 @@ logger = logging.getLogger(__name__)
 
 class _Unauthorized(CollabViTError):
     """A request to a guarded route without the right bearer token (401)."""
+
+
+class _BodyTimeout(CollabViTError):
+    """The request body did not arrive within ``body_timeout_s`` (408, connection closed)."""
 
 
 @dataclass
@@ -205,7 +211,7 @@ async def _infer(
     """Auth, body, decode (thread pool), batch, encode: the happy path of one request."""
     _check_token(request, s.config.token)
     s.batcher.check_accepting()  # shed load before reading the body
-    body = await _read_body(request, s.config.max_body_bytes)
+    body = await _read_body(request, s.config.max_body_bytes, s.config.body_timeout_s)
     received = time.perf_counter()
     s.metrics.received_bytes.labels(endpoint).inc(len(body))
     assert s.decodes is not None, "the app's lifespan has not started"
@@ -229,6 +235,11 @@ def _error_answer(exc: Exception, endpoint: str, retry_after_s: int) -> tuple[st
         )
     if isinstance(exc, _Unauthorized):
         return "unauthorized", _unauthorized(exc)
+    if isinstance(exc, _BodyTimeout):  # the rest of the body is not read: close
+        logger.info("%s: %s", endpoint, exc)
+        return "timeout", JSONResponse(
+            {"error": str(exc)}, status_code=408, headers={"Connection": "close"}
+        )
     if isinstance(exc, PayloadTooLarge):  # before WireError: it is one
         return "too_large", JSONResponse({"error": str(exc)}, status_code=413)
     if isinstance(exc, WireError):
@@ -279,12 +290,17 @@ def _health(s: _Service) -> dict[str, Any]:
     }
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The request body, refusing (413) anything over ``limit`` bytes without reading it all.
+
+    The whole body must arrive within ``timeout_s``: a deadline for all of it,
+    not for each chunk, so a client sending a byte a second is cut off too.
 
     Raises:
         WireError: a Content-Length that is not a number (400).
         PayloadTooLarge: a declared or streamed body over ``limit`` (413).
+        _BodyTimeout: the body is not complete within ``timeout_s`` (408).
+        ClientDisconnect: the client went away before sending all of it.
     """
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -294,12 +310,32 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise WireError(f"bad Content-Length {declared!r}") from None
         if size > limit:
             raise PayloadTooLarge(_too_large(size, limit))
+    deadline = asyncio.get_running_loop().time() + timeout_s
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    more_body = True
+    while more_body:
+        message = await _receive_by(request, deadline, timeout_s)
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        body += message.get("body", b"")
         if len(body) > limit:
             raise PayloadTooLarge(_too_large(len(body), limit))
+        more_body = bool(message.get("more_body", False))
     return bytes(body)
+
+
+async def _receive_by(request: Request, deadline: float, timeout_s: float) -> Message:
+    """The next ASGI message of the request, or :class:`_BodyTimeout` at ``deadline``."""
+    left = deadline - asyncio.get_running_loop().time()
+    try:
+        if left <= 0:
+            raise asyncio.TimeoutError
+        return await asyncio.wait_for(request.receive(), left)
+    except asyncio.TimeoutError:
+        raise _BodyTimeout(
+            f"the request body did not arrive within {timeout_s:g} s: send it at once, "
+            "over a faster link, or make it smaller"
+        ) from None
 
 
 def _too_large(size: int, limit: int) -> str:
