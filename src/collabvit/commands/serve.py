@@ -27,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument(
         "--token",
         help="bearer token required on /v1/* and /metrics (default: $COLLABVIT_TOKEN; "
-        "unset: no authentication); /healthz stays open",
+        "unset: no authentication; empty: an error); printable ASCII without spaces; "
+        "/healthz stays open",
     )
     limits = parser.add_argument_group("limits (see docs/serving.md, Limits)")
     limits.add_argument(
@@ -106,9 +107,14 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from ..cli import load_role
-    from ..server import ServerConfig, create_app
+    from ..server import ServerConfig, check_token, create_app
     from ..server.protocol import http_protocol
 
+    token, source = args.token, "--token"
+    if token is None:
+        token, source = os.environ.get("COLLABVIT_TOKEN"), "COLLABVIT_TOKEN"
+    if token is not None:
+        check_token(token, source)  # "" would turn authentication off without a word
     if args.threads is not None:
         torch.set_num_threads(max(1, args.threads))
     config = ServerConfig(
@@ -121,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         max_decodes=args.max_decodes,
         header_timeout_s=args.header_timeout,
         body_timeout_s=args.body_timeout,
-        token=args.token or os.environ.get("COLLABVIT_TOKEN") or None,
+        token=token,
     )
     loaded = load_role(args, "server")
     app = create_app(loaded, config)

@@ -34,8 +34,11 @@ from __future__ import annotations
 
 from ..errors import PayloadTooLarge, ServerBusy
 from .api import (
+    TOKEN_CHARACTERS,
     Decoded,
     ServerConfig,
+    check_declared_geometry,
+    check_token,
     decode_image,
     decode_request,
     encode_response,
@@ -51,6 +54,7 @@ ImageTooLarge = PayloadTooLarge  # former name, kept for compatibility
 QueueFullError = ServerBusy  # former name, kept for compatibility
 
 __all__ = [
+    "TOKEN_CHARACTERS",
     "Batcher",
     "BatcherCallbacks",
     "Decoded",
@@ -59,6 +63,8 @@ __all__ = [
     "Rows",
     "ServerConfig",
     "ServerMetrics",
+    "check_declared_geometry",
+    "check_token",
     "create_app",
     "decode_image",
     "decode_request",

@@ -24,9 +24,11 @@ from ..models import LoadedModel, forward_subset
 from ..wire import DEFAULT_MAX_BYTES, HEADER_SIZE, MAGIC, WIRE_VERSION, Geometry, decode
 
 __all__ = [
+    "TOKEN_CHARACTERS",
     "Decoded",
     "ServerConfig",
     "check_declared_geometry",
+    "check_token",
     "decode_image",
     "decode_request",
     "encode_response",
@@ -38,6 +40,29 @@ __all__ = [
 # The fixed header's first 15 bytes (docs/wire-format.md): magic, version, then codec,
 # quality and flags (skipped), channels, patch_size, height, width; little-endian.
 _DECLARED: Final = struct.Struct("<4sB3xBHHH")
+
+
+TOKEN_CHARACTERS: Final = "printable ASCII without spaces ('!' to '~')"
+"""What a bearer token may contain: the characters 0x21..0x7E."""
+
+
+def check_token(token: str, source: str = "token") -> str:
+    """Return ``token`` if it is a usable bearer token; raise :class:`ConfigError` if not.
+
+    ``source`` names where it came from in the message (``--token``,
+    ``COLLABVIT_TOKEN``). The token itself is never echoed: it is a secret.
+    """
+    if not token:
+        raise ConfigError(
+            f"{source} is empty: give a non-empty token, or leave it unset for no authentication"
+        )
+    for position, character in enumerate(token, 1):
+        if not "!" <= character <= "~":
+            raise ConfigError(
+                f"{source} must be {TOKEN_CHARACTERS}: character {position} of {len(token)} "
+                "is not; HTTP headers carry ASCII only"
+            )
+    return token
 
 
 @dataclass(frozen=True)
@@ -53,7 +78,7 @@ class ServerConfig:
     max_decodes: int = 4  # requests decoded at once; more wait for a slot
     header_timeout_s: float = 10.0  # request line and headers must arrive within this
     body_timeout_s: float = 30.0  # the whole body must arrive within this of the headers: 408
-    token: str | None = None  # bearer token for /v1/* and /metrics (None: no auth)
+    token: str | None = None  # bearer token for /v1/* and /metrics (None: no auth); ASCII !..~
     retry_after_s: int = 1  # Retry-After of a 503
     top_k: int = 5  # entries of "top5"
 
@@ -79,8 +104,8 @@ class ServerConfig:
             raise ConfigError(f"retry_after_s must be >= 0, got {self.retry_after_s}")
         if self.top_k < 1:
             raise ConfigError(f"top_k must be >= 1, got {self.top_k}")
-        if self.token is not None and not self.token:
-            raise ConfigError("token must be non-empty (or None for no authentication)")
+        if self.token is not None:
+            check_token(self.token)
 
 
 @dataclass(frozen=True)
