@@ -6,7 +6,9 @@ Errors map to answers in one place, :func:`_error_answer`: a
 :class:`~collabvit.errors.PayloadTooLarge` is 413 (checked before
 :class:`~collabvit.errors.WireError`, which it derives from, and which is
 400), :class:`~collabvit.errors.ServerBusy` 503 with ``Retry-After``, a
-missing or wrong token 401, anything else 500.
+missing or wrong token 401, a body slower than ``body_timeout_s`` 408 (and
+the connection closed), a client gone mid-upload is counted ``aborted`` and
+logged at INFO, anything else 500 with its traceback in the log.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 class _Unauthorized(CollabViTError):
     """A request to a guarded route without the right bearer token (401)."""
+
+
+class _ClientGone(CollabViTError):
+    """The client closed the connection before its whole body arrived (not a server error)."""
 
 
 class _BodyTimeout(CollabViTError):
@@ -235,6 +241,9 @@ def _error_answer(exc: Exception, endpoint: str, retry_after_s: int) -> tuple[st
         )
     if isinstance(exc, _Unauthorized):
         return "unauthorized", _unauthorized(exc)
+    if isinstance(exc, (_ClientGone, ClientDisconnect)):  # nobody to answer: no traceback
+        logger.info("%s: %s; request aborted", endpoint, str(exc) or "the client went away")
+        return "aborted", Response(status_code=400)
     if isinstance(exc, _BodyTimeout):  # the rest of the body is not read: close
         logger.info("%s: %s", endpoint, exc)
         return "timeout", JSONResponse(
@@ -300,7 +309,7 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
         WireError: a Content-Length that is not a number (400).
         PayloadTooLarge: a declared or streamed body over ``limit`` (413).
         _BodyTimeout: the body is not complete within ``timeout_s`` (408).
-        ClientDisconnect: the client went away before sending all of it.
+        _ClientGone: the client went away before sending all of it.
     """
     declared = request.headers.get("content-length")
     if declared is not None:
@@ -316,7 +325,7 @@ async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     while more_body:
         message = await _receive_by(request, deadline, timeout_s)
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            raise _ClientGone(f"the client went away after {len(body)} bytes of the body")
         body += message.get("body", b"")
         if len(body) > limit:
             raise PayloadTooLarge(_too_large(len(body), limit))
