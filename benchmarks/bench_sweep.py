@@ -4,8 +4,8 @@ The grid is Table II x Table III: attention-sum ``delta_sum`` in
 {0.87, 0.90, 0.92..0.99} (10 values) x min-entropy ``eta`` in
 {0.1, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0} (7 values), mean attention score, on real
 ImageNet photos with a random DeiT-Tiny edge and a random DeiT-Small server.
-One side is one :func:`collabvit.sweep.run_sweep` (nothing written to disk, no
-cache, no figures); the other is :func:`collabvit.engine.evaluate` once per
+One side is one :func:`collabvit.sweep.run_sweep` (nothing written to disk: the
+cache in memory, no figures); the other is :func:`collabvit.engine.evaluate` once per
 point. When fewer than 70 evaluate runs are timed, they are spread over the
 grid and their mean time is multiplied by 70.
 """
@@ -110,7 +110,8 @@ def run(ctx: Context) -> list[Result]:
         return _not_available(ctx, f"collabvit.sweep.run_sweep is not available ({exc})")
     import torch
 
-    from collabvit import engine
+    from collabvit import engine, pipeline
+    from collabvit.sweep import edge_pass, server_pass
 
     sizes = ctx.sizes
     data = ctx.data_dir
@@ -124,7 +125,7 @@ def run(ctx: Context) -> list[Result]:
     watch = _Stopwatch()
     targets = [
         (mod, attr, label)
-        for mod in (engine, sweep_mod)
+        for mod in (engine, pipeline, edge_pass, server_pass)
         for attr, label in (("forward_subset", "server"), ("forward_with_scores", "edge"))
     ]
     parts: dict[str, list[dict[str, float]]] = {"evaluate": [], "sweep": []}
@@ -153,17 +154,7 @@ def run(ctx: Context) -> list[Result]:
         half = (len(points) + 1) // 2
 
         def sweep_once() -> Any:
-            return run_sweep(
-                edge,
-                server,
-                samples,
-                grid,
-                out_dir=None,
-                batch_size=sizes.sweep_batch,
-                codec="raw",
-                figures=False,
-                use_cache=False,
-            )
+            return run_sweep(edge, server, samples, grid, batch_size=sizes.sweep_batch, codec="raw")
 
         for i, (d, e) in enumerate(points):
             if i == half:

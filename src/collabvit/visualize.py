@@ -1,4 +1,4 @@
-"""Per-image panels in the style of the paper's Figs. 3-6.
+"""Per-image panels in the style of the paper's Figs. 3-6: the compute half.
 
 For one image: the preprocessed input, the edge model's patch-importance
 heat-map, the patches the selection rule keeps (the rest greyed out) and the
@@ -6,9 +6,10 @@ predictions (class names) of the edge model and of the server on the kept
 patches. Optionally (Figs. 5-6) the server's own mean-attention map and the
 same number of patches picked by it.
 
-:func:`render_panel` only draws (arrays in, PNG out); :func:`visualize_image`
-runs the models on one image file and calls it. matplotlib is imported when a
-panel is drawn, through its object-oriented API on the Agg canvas.
+:func:`visualize_image` runs the models on one image file (Algorithm 1's
+steps for one image) and hands the arrays to
+:func:`collabvit.report.panels.render_panel`, which only draws (re-exported
+here with :class:`~collabvit.report.panels.PanelText`).
 """
 
 from __future__ import annotations
@@ -16,22 +17,28 @@ from __future__ import annotations
 import csv
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import torch
 
+from .attention import get_score
 from .data import load_image, preprocess
 from .errors import ConfigError, DataError
 from .gating import get_measure, transmit_mask, uncertainty
 from .models import LoadedModel, forward_subset, forward_with_scores
 from .pipeline import OperatingPoint, check_pair
+from .report.panels import PanelText, render_panel
 from .selection import get_rule, select_patches, top_k
 
-__all__ = ["PanelText", "read_class_names", "read_labels", "render_panel", "visualize_image"]
+__all__ = [
+    "PanelText",
+    "output_names",
+    "read_class_names",
+    "read_labels",
+    "render_panel",
+    "visualize_image",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,132 +86,6 @@ def read_labels(path: str | Path) -> dict[str, int]:
         raise ConfigError(f"labels file {p}: a label is not an integer") from None
 
 
-@dataclass(frozen=True)
-class PanelText:
-    """The words of a panel: title and one line per model."""
-
-    title: str
-    edge: str
-    server: str | None = None
-    note: str | None = None
-
-
-def _as_hwc(pixels: Any) -> npt.NDArray[np.uint8]:
-    array = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else pixels
-    array = np.asarray(array)
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[0] not in (1, 3):
-        raise ConfigError("pixels must be a (C, H, W) uint8 array with C = 1 or 3")
-    return np.ascontiguousarray(array.transpose(1, 2, 0))
-
-
-def _patch_map(values: npt.NDArray[Any], grid: tuple[int, int], patch: int) -> npt.NDArray[Any]:
-    """(N,) per-patch values -> (H, W) image, each patch a constant block."""
-    return np.kron(values.reshape(grid), np.ones((patch, patch), dtype=values.dtype))
-
-
-def _grey_out(image: npt.NDArray[np.uint8], keep: npt.NDArray[np.bool_]) -> npt.NDArray[np.uint8]:
-    out = image.astype(np.float32)
-    faded = 0.12 * out + 0.88 * 200.0
-    out = np.where(keep[:, :, None], out, faded)
-    return out.clip(0, 255).astype(np.uint8)
-
-
-def _show(ax: Any, image: npt.NDArray[np.uint8]) -> None:
-    if image.shape[2] == 1:
-        ax.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=255)
-    else:
-        ax.imshow(image)
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def render_panel(
-    pixels: Any,
-    scores: Any,
-    keep_mask: Any,
-    patch_size: int,
-    text: PanelText,
-    out_path: str | Path,
-    server_scores: Any | None = None,
-    server_keep_mask: Any | None = None,
-    score_name: str = "mean attention",
-    dpi: int = 130,
-) -> Path:
-    """Draw one image's panel and save it as PNG (or PDF, by suffix).
-
-    Args:
-        pixels: (C, H, W) uint8 preprocessed image.
-        scores: (N,) edge patch scores, row-major.
-        keep_mask: (N,) bool, the patches sent to the server.
-        patch_size: patch side P (N = (H/P) * (W/P)).
-        text: title and prediction lines.
-        out_path: where to write.
-        server_scores, server_keep_mask: the server's own scores and selection
-            (Figs. 5-6), drawn as two more panels when given.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    image = _as_hwc(pixels)
-    h, w = image.shape[:2]
-    if h % patch_size or w % patch_size:
-        raise ConfigError(f"image {h}x{w} is not a whole number of {patch_size}-pixel patches")
-    grid = (h // patch_size, w // patch_size)
-    n = grid[0] * grid[1]
-
-    def vec(v: Any, dtype: Any) -> npt.NDArray[Any]:
-        a = v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)
-        a = a.reshape(-1).astype(dtype)
-        if a.size != n:
-            raise ConfigError(f"expected {n} patch values, got {a.size}")
-        return a
-
-    s = vec(scores, np.float64)
-    keep = vec(keep_mask, bool)
-    extra = server_scores is not None
-    ncols = 5 if extra else 3
-    fig = Figure(figsize=(3.3 * ncols + 0.6, 4.4), layout="constrained")
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, ncols)
-    _show(axes[0], image)
-    axes[0].set_title(f"input ({w}x{h})", fontsize=9)
-
-    grey = image.mean(axis=2, keepdims=True).astype(np.uint8)
-
-    def heat(ax: Any, values: npt.NDArray[np.float64], title: str) -> None:
-        _show(ax, grey)
-        im = ax.imshow(_patch_map(values, grid, patch_size), cmap="inferno", alpha=0.65)
-        bar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-        bar.set_label(f"{score_name} score (image sums to 1)", fontsize=7)
-        bar.ax.tick_params(labelsize=6)
-        ax.set_title(title, fontsize=9)
-
-    def kept(ax: Any, mask: npt.NDArray[np.bool_], title: str) -> None:
-        _show(ax, _grey_out(image, _patch_map(mask, grid, patch_size)))
-        ax.set_title(title, fontsize=9)
-
-    heat(axes[1], s, f"edge {score_name}")
-    kept(axes[2], keep, f"edge selection: {int(keep.sum())}/{n} patches")
-    if extra:
-        ss = vec(server_scores, np.float64)
-        heat(axes[3], ss, f"server {score_name}")
-        if server_keep_mask is not None:
-            sk = vec(server_keep_mask, bool)
-            kept(axes[4], sk, f"server selection: {int(sk.sum())}/{n} patches")
-        else:
-            axes[4].axis("off")
-    lines = [text.title, text.edge]
-    if text.server:
-        lines.append(text.server)
-    if text.note:
-        lines.append(text.note)
-    fig.suptitle("\n".join(lines), fontsize=9)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight", dpi=dpi)
-    return out
-
-
 def _top1(logits: torch.Tensor) -> tuple[int, float]:
     p = logits.double().softmax(-1)[0]
     i = int(p.argmax())
@@ -215,6 +96,51 @@ def _name(names: Sequence[str] | None, index: int) -> str:
     if names and 0 <= index < len(names):
         return f"'{names[index]}' ({index})"
     return f"class {index}"
+
+
+def _gate_text(point: OperatingPoint, value: float) -> str:
+    """Eq. 11 for one image, in words: the statistic, the side of eta, the decision."""
+    measure = get_measure(point.measure)
+    if not measure.gates:
+        return "no gate: sent to the server"
+    sent = bool(transmit_mask([value], point.measure, point.eta)[0])
+    ops = {True: ">=", False: "<"} if measure.high_transmits else {True: "<=", False: ">"}
+    where = "sent to the server" if sent else "kept on the edge"
+    return f"{point.measure} {value:.3f} {ops[sent]} eta {point.eta:g}: {where}"
+
+
+def _title(file: str, point: OperatingPoint, names: Sequence[str] | None, label: int | None) -> str:
+    rule = get_rule(point.rule)
+    value_text = f"{int(point.threshold)}" if rule.count else f"{point.threshold:g}"
+    rule_text = f"{rule.label} {rule.parameter} = {value_text}" if rule.parameter else rule.label
+    title = f"{file} — {rule_text}"
+    if label is not None and label >= 0:
+        title += f" — true class {_name(names, label)}"
+    return title
+
+
+def _server_side(
+    server: LoadedModel,
+    x: torch.Tensor,
+    keep: Any,
+    names: Sequence[str] | None,
+    compare_server: bool,
+) -> tuple[str, Any, Any]:
+    """The server's line (on the kept patches and on the full image) and, for Figs. 5-6,
+    its own mean attention and the same number of patches chosen by it."""
+    n, k = keep.shape[1], int(keep.sum())
+    xs = server.normalise(x.to(server.device))
+    out = forward_subset(server, xs, torch.from_numpy(keep).to(server.device))
+    s_idx, s_p = _top1(out)
+    full, sc = forward_with_scores(server, xs, ("mean",))
+    f_idx, f_p = _top1(full)
+    line = (
+        f"server {server.name} on {k}/{n} patches: {_name(names, s_idx)} {100 * s_p:.1f}%"
+        f" | on the full image: {_name(names, f_idx)} {100 * f_p:.1f}%"
+    )
+    if not compare_server:
+        return line, None, None
+    return line, sc["mean"][0], top_k(sc["mean"], k)[0]
 
 
 @torch.no_grad()
@@ -260,46 +186,21 @@ def visualize_image(
     keep = sel.keep_mask
     e_idx, e_p = _top1(logits)
     value = uncertainty(logits, point.measure)
-    sent = bool(transmit_mask(value, point.measure, point.eta)[0])
-    n = edge.num_patches
-    k = int(keep.sum())
-    if point.measure == "none":
-        gate = "no gate: sent to the server"
-    else:
-        high = get_measure(point.measure).high_transmits
-        ops = {True: ">=", False: "<"} if high else {True: "<=", False: ">"}
-        op = ops[sent]
-        where = "sent to the server" if sent else "kept on the edge"
-        gate = f"{point.measure} {float(value[0]):.3f} {op} eta {point.eta:g}: {where}"
+    gate = _gate_text(point, float(value[0]))
     edge_line = f"edge {edge.name}: {_name(names, e_idx)} {100 * e_p:.1f}% | {gate}"
-    server_line = None
-    server_scores = server_keep = None
+    server_line = server_scores = server_keep = None
     if server is not None:
         check_pair(edge, server)
-        xs = server.normalise(x.to(server.device))
-        out = forward_subset(server, xs, torch.from_numpy(keep).to(server.device))
-        s_idx, s_p = _top1(out)
-        full, sc = forward_with_scores(server, xs, ("mean",))
-        f_idx, f_p = _top1(full)
-        server_line = (
-            f"server {server.name} on {k}/{n} patches: {_name(names, s_idx)} {100 * s_p:.1f}%"
-            f" | on the full image: {_name(names, f_idx)} {100 * f_p:.1f}%"
+        server_line, server_scores, server_keep = _server_side(
+            server, x, keep, names, compare_server
         )
-        if compare_server:
-            server_scores = sc["mean"][0]
-            server_keep = top_k(sc["mean"], k)[0]
     elif compare_server:
         raise ConfigError("--compare-server needs --server")
-    rule = get_rule(point.rule)
-    value_text = f"{int(point.threshold)}" if rule.count else f"{point.threshold:g}"
-    rule_text = f"{rule.label} {rule.parameter} = {value_text}" if rule.parameter else rule.label
-    title = f"{Path(path).name} — {rule_text}"
-    if label is not None and label >= 0:
-        title += f" — true class {_name(names, label)}"
+    title = _title(Path(path).name, point, names, label)
     note = None
     if server_scores is not None:
         note = "server selection: the same number of patches by the server's own mean attention"
-    score_label = {"mean": "mean attention"}.get(point.score, point.score)
+    score_label = get_score(point.score).label or point.score
     return render_panel(
         pixels,
         s[0],

@@ -2,8 +2,11 @@
 
 Runs the sweep of the shipped pair (fmnist-tiny on the edge, fmnist-base on
 the server) over the 10,000 shipped test images, prints edge-only and
-server-only accuracy and the cheapest collaborative point within
---target-drop points of server-only, and writes the tables and figures.
+server-only accuracy and the chosen point: the cheapest edge grid point
+(whole images included) within --target-drop points of server-only, the same
+point as best.json, tables.md and the star of figures/tradeoff.png (--json
+writes it). A second line gives the cheapest point that selects patches.
+Writes the tables and figures.
 """
 
 from __future__ import annotations
@@ -12,9 +15,16 @@ import argparse
 import json
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError, DataError
+from ..report.tables import describe_point
+from ..sweep.grid import ALL, Series, SweepGrid
+from ..sweep.paper import PAPER_ETAS
+from ..sweep.points import ResultRow, best_point
+
+if TYPE_CHECKING:
+    from ..sweep.run import SweepResult
 
 HELP = "run the shipped pair on the shipped Fashion-MNIST test set (offline)"
 
@@ -25,9 +35,14 @@ DEMO_KEYS = (
     "communication_cost",
     "transmit_ratio",
     "mean_patches_transmitted",
-    "delta",
+    "score",
+    "rule",
+    "threshold",
+    "measure",
     "eta",
+    "point",
 )
+"""The keys of ``--json``: the chosen point (as ``best.json``) and how it is named."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -56,10 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import progress_bar
     from ..fmnist import shipped_samples
     from ..models import load_model
-    from ..sweep import SweepGrid, run_sweep
+    from ..report import write_outputs
+    from ..sweep import run_sweep
+    from .sweep import sweep_progress
 
     if args.limit is not None and args.limit < 1:
         raise ConfigError(
@@ -71,51 +87,26 @@ def run(args: argparse.Namespace) -> int:
     grid = SweepGrid.paper() if args.grid == "paper" else demo_grid()
     out = Path(args.out)
     with ExitStack() as stack:
-        bars: dict[str, Any] = {}
-
-        def progress(phase: str, n: int, total: int) -> None:
-            if phase not in bars:
-                for done in bars.values():  # a finished phase keeps its own rate
-                    done.close()
-                desc = "edge pass" if phase == "edge" else "server (image, selection)"
-                bars[phase] = stack.enter_context(
-                    progress_bar(total, desc, "img" if phase == "edge" else "sel")
-                )
-            bars[phase].update(n)
-
         result = run_sweep(
             edge,
             server,
             samples,
             grid,
-            out,
             batch_size=args.batch_size,
-            target_drop=args.target_drop,
-            progress=progress,
-            figures=not args.no_figures,
             cache_dir=out / "cache",
+            target_drop=args.target_drop,
+            progress=sweep_progress(stack),
         )
+    write_outputs(result, out, figures=not args.no_figures)
     if result.edge_accuracy is None or result.server_accuracy is None:
         raise DataError("the shipped test split has no labels")
-    best = cheapest_within(result.grid_rows(), result.server_accuracy, args.target_drop)
-    best_selection = cheapest_within(
-        [r for r in result.grid_rows() if r["rule"] == "attention-sum"],
-        result.server_accuracy,
-        args.target_drop,
+    best = result.best
+    # the same rule on the points that select patches (every rule but whole images)
+    with_selection = best_point(
+        [r for r in result.rows if r.rule != ALL], result.server_accuracy, args.target_drop
     )
-    headline = {
-        "edge_accuracy": result.edge_accuracy,
-        "server_accuracy": result.server_accuracy,
-        "accuracy": best["accuracy"] if best else None,
-        "communication_cost": best["communication_cost"] if best else None,
-        "transmit_ratio": best["transmit_ratio"] if best else None,
-        "mean_patches_transmitted": best["mean_patches_transmitted"] if best else None,
-        "delta": (best["threshold"] if best["rule"] == "attention-sum" else 1.0) if best else None,
-        "eta": best["eta"] if best else None,
-    }
-    headline["rule"] = best["rule"] if best else None
     if args.json:
-        Path(args.json).write_text(json.dumps(headline, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(headline(result), indent=2) + "\n")
     n = len(samples)
     print(
         f"Fashion-MNIST test set, {n:,} images: edge {edge.name} "
@@ -124,56 +115,62 @@ def run(args: argparse.Namespace) -> int:
     print(f"  edge only      {100 * result.edge_accuracy:6.2f}%   communication cost 0")
     print(f"  server only    {100 * result.server_accuracy:6.2f}%   communication cost 1")
     if best is None:
-        print(f"  no grid point is within {args.target_drop:g} points of server-only")
+        print("  no grid point has an accuracy")
     else:
-        print(f"  collaborative  {_describe(best, edge.num_patches)}")
-    if best_selection is not None and best_selection is not best:
-        print(f"  with patch selection: {_describe(best_selection, edge.num_patches)}")
-    elif best_selection is None:
-        top = max(
-            (r for r in result.grid_rows() if r["rule"] == "attention-sum"),
-            key=lambda r: r["accuracy"],
+        close = "" if best.within_target else f" (none within {args.target_drop:g} points)"
+        print(f"  collaborative  {_describe(best.row, edge.num_patches)}{close}")
+    if with_selection is not None and (best is None or with_selection.row != best.row):
+        close = (
+            ""
+            if with_selection.within_target
+            else (
+                f"\n                 (no point with patch selection is within "
+                f"{args.target_drop:g} points: the most accurate)"
+            )
         )
-        print(
-            f"  with patch selection no point is within {args.target_drop:g} points; the best is"
-            f"\n                 {_describe(top, edge.num_patches)}"
-        )
+        print(f"  with patch selection: {_describe(with_selection.row, edge.num_patches)}{close}")
     print(f"  tables, figures and results in {out}/")
     return 0
 
 
-def cheapest_within(
-    rows: list[dict[str, Any]], server_accuracy: float, drop_points: float
-) -> dict[str, Any] | None:
-    """The grid row of lowest communication cost within ``drop_points`` of server-only."""
-    ok = [r for r in rows if 100 * (server_accuracy - r["accuracy"]) <= drop_points + 1e-9]
-    return min(ok, key=lambda r: (r["communication_cost"], -r["accuracy"])) if ok else None
-
-
-def _describe(row: dict[str, Any], num_patches: int) -> str:
-    cost = row["communication_cost"]
-    what = (
-        f"attention-sum delta={row['threshold']:g}"
-        if row["rule"] == "attention-sum"
-        else "all patches"
-    )
+def headline(result: SweepResult) -> dict[str, Any]:
+    """The ``--json`` body: the chosen point of ``best.json``, named as ``tables.md`` names it."""
+    best = result.best
+    body: dict[str, Any] = {
+        "edge_accuracy": result.edge_accuracy,
+        "server_accuracy": result.server_accuracy,
+    }
+    keys = [k for k in DEMO_KEYS if k not in body and k != "point"]  # the row's fields
+    if best is None:
+        return body | dict.fromkeys(keys) | {"point": None}
+    row = best.row.to_dict()
     return (
-        f"{100 * row['accuracy']:6.2f}%   communication cost {cost:.4f} "
-        f"({100 * (1 - cost):.1f}% reduction)\n"
-        f"                 at {what}, {row['measure']} eta={row['eta']:g}: "
-        f"{100 * row['transmit_ratio']:.1f}% of images sent, "
-        f"{row['mean_patches_transmitted']:.1f} of {num_patches} patches each"
+        body
+        | {k: row[k] for k in keys}
+        | {
+            "point": describe_point(best.row),
+            "within_target": best.within_target,
+        }
     )
 
 
-def demo_grid() -> Any:
+def _describe(row: ResultRow, num_patches: int) -> str:
+    cost = row.communication_cost
+    return (
+        f"{100 * (row.accuracy or 0.0):6.2f}%   communication cost {cost:.4f} "
+        f"({100 * (1 - cost):.1f}% reduction)\n"
+        f"                 at {describe_point(row)}: "
+        f"{100 * row.transmit_ratio:.1f}% of images sent, "
+        f"{row.mean_patches_transmitted:.1f} of {num_patches} patches each"
+    )
+
+
+def demo_grid() -> SweepGrid:
     """The paper's trade-off (Fig. 8: attention-sum x min-entropy) at fewer delta_sums.
 
     About six server selections per transmitted image, so the 10,000 shipped
     test images sweep in a couple of minutes on two CPU cores.
     """
-    from ..sweep import ALL, PAPER_ETAS, Series, SweepGrid
-
     deltas = (0.95, 0.97, 0.99)
     # The paper's eta_m plus the midpoints where a small model's trade-off bends;
     # more etas cost no server forwards, only bookkeeping.
@@ -181,8 +178,8 @@ def demo_grid() -> Any:
     return SweepGrid(
         series=(
             Series("attention-sum", deltas, "min-entropy", etas),  # Fig. 8
-            Series("top-k", ALL, "none"),  # server only
-            Series("top-k", ALL, "min-entropy", etas),  # the gate alone: whole images
+            Series(ALL, measure="none"),  # server only
+            Series(ALL, measure="min-entropy", etas=etas),  # the gate alone: whole images
         ),
         reference_delta_sums=deltas,
         reference_etas=PAPER_ETAS,

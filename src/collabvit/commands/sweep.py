@@ -4,8 +4,9 @@ The edge model runs once per image; the server once per distinct (image,
 selected patches) the grid needs; every (score, rule, threshold, measure, eta)
 point is derived from those results. Writes to --out: results.csv/.json (one
 row per point, plus edge-only, server-only and full-image JPEG/PNG baselines),
-frontier.csv (the accuracy/communication-cost Pareto frontier), best.json (the
-cheapest point within --target-drop points of the server alone), tables.md
+frontier.csv (the accuracy/communication-cost Pareto frontier of every edge
+point), best.json (the cheapest edge point, whole images included, within
+--target-drop points of the server alone), tables.md
 (paper Tables II and III on this data), histogram.csv and figures/*.png|pdf
 (paper Figs. 7-14). Model outputs are cached under --cache (default
 OUT/cache): rerunning resumes an interrupted sweep, and a new grid over the
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -63,44 +65,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--no-figures", action="store_true", help="skip the figures")
 
 
+def sweep_progress(stack: ExitStack) -> Callable[[str, int, int], None]:
+    """A ``run_sweep`` progress callback: one tqdm bar per phase, totals refined as given."""
+    bars: dict[str, Any] = {}
+
+    def progress(phase: str, n: int, total: int) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            for done in bars.values():  # a finished phase keeps its own rate
+                done.close()
+            unit = "img" if phase == "edge" else "sel"
+            desc = "edge pass" if phase == "edge" else "server (image, selection)"
+            bar = stack.enter_context(progress_bar(total, desc, unit))
+            bars[phase] = bar
+        elif bar.total != total:  # the server total shrinks as chunks are planned
+            bar.total = total
+            bar.refresh()
+        bar.update(n)
+
+    return progress
+
+
 def run(args: argparse.Namespace) -> int:
     from ..data import discover
+    from ..report import describe_point, write_outputs
     from ..sweep import SweepGrid, run_sweep
 
     grid = SweepGrid.named(args.grid)
     samples, _ = discover(args.data, args.labels, args.limit)
     edge, server = load_pair(args)
+    out = Path(args.out)
     start = time.monotonic()
     with ExitStack() as stack:
-        bars: dict[str, Any] = {}
-
-        def progress(phase: str, n: int, total: int) -> None:
-            bar = bars.get(phase)
-            if bar is None:
-                for done in bars.values():  # a finished phase keeps its own rate
-                    done.close()
-                unit = "img" if phase == "edge" else "sel"
-                desc = "edge pass" if phase == "edge" else "server (image, selection)"
-                bar = stack.enter_context(progress_bar(total, desc, unit))
-                bars[phase] = bar
-            bar.update(n)
-
         result = run_sweep(
             edge,
             server,
             samples,
             grid,
-            args.out,
             batch_size=args.batch_size,
             codec=args.codec,
-            cache_dir=args.cache,
-            target_drop=args.target_drop,
-            progress=progress,
-            figures=not args.no_figures,
             quality=args.quality,
-            use_cache=not args.no_cache,
+            cache_dir=None if args.no_cache else (args.cache or out / "cache"),
             chunk_size=args.chunk_size,
+            target_drop=args.target_drop,
+            progress=sweep_progress(stack),
         )
+    files = write_outputs(result, out, figures=not args.no_figures)
     wall = time.monotonic() - start
 
     def pct(v: float | None) -> str:
@@ -114,12 +124,10 @@ def run(args: argparse.Namespace) -> int:
     )
     b = result.best
     if b is not None:
-        gate = "no gating" if b["measure"] == "none" else f"{b['measure']} eta {b['eta']:g}"
         print(
-            f"best within {args.target_drop:g} points: {b['score']} {b['rule']} "
-            f"{b['threshold']:g}, {gate} -> {pct(b['accuracy'])}, communication cost "
-            f"{b['communication_cost']:.4f}"
-            + ("" if b["within_target"] else " (no point was within the target)")
+            f"best within {args.target_drop:g} points: {describe_point(b.row)} -> "
+            f"{pct(b.row.accuracy)}, communication cost {b.row.communication_cost:.4f}"
+            + ("" if b.within_target else " (no point was within the target)")
         )
     print(
         f"model calls: edge {st.edge_images} images, server {st.server_images} selections "
@@ -127,5 +135,5 @@ def run(args: argparse.Namespace) -> int:
         f"{st.cached_selections}/{st.distinct_selections} selections from the cache | "
         f"{wall:.1f}s"
     )
-    print(f"wrote {len(result.files)} files to {Path(args.out)}")
+    print(f"wrote {len(files)} files to {out}")
     return 0

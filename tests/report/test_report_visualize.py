@@ -1,19 +1,19 @@
-"""collabvit.visualize: Fig. 3-6 panels for real photos, class-name files, the CLI."""
+"""collabvit.visualize and collabvit.report.panels: Fig. 3-6 panels for real photos, class-name
+files, the CLI."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from collabvit.cli import main
 from collabvit.engine import OperatingPoint
 from collabvit.errors import ConfigError
 from collabvit.models import load_model
+from collabvit.report import panels
 from collabvit.visualize import (
     PanelText,
     output_names,
@@ -25,12 +25,12 @@ from collabvit.visualize import (
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
+def _one_torch_thread(one_thread: None) -> None:
     """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+
+def test_visualize_draws_with_the_report_panel() -> None:
+    assert render_panel is panels.render_panel and PanelText is panels.PanelText
 
 
 def _first_photo(imagenet_dir: Path) -> tuple[Path, int]:

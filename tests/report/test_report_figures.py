@@ -1,20 +1,23 @@
-"""collabvit.plots: every figure from synthetic sweep rows, PNG and PDF, skipped when absent."""
+"""collabvit.report figures: every figure from synthetic sweep rows, PNG and PDF, skipped when
+absent; the trade-off figure's frontier and star are what it says they are."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from collabvit.plots import FIGURES, render_figures_from
-from collabvit.sweep import pareto_frontier
+from collabvit.metrics import pareto_frontier
+from collabvit.report import FIGURES, render_figures_from
+from collabvit.report.tables import point_identity
 
 N = 196
 
 
-def _row(score: str, rule: str, threshold: float, measure: str, eta: float, cost: float,
+def _row(score: str, rule: str, threshold: float | None, measure: str, eta: float, cost: float,
          acc: float, encoder: str = "edge") -> dict[str, Any]:  # fmt: skip
     return {
         "kind": "grid",
@@ -50,9 +53,9 @@ def _rows() -> list[dict[str, Any]]:
         rows.append(
             _row("mean", "attention-sum", d, "none", 0.0, base + 0.02, 0.7 + 0.01 * i, "server")
         )
-    for m in ("min-entropy", "shannon", "margin"):
+    for m in ("min-entropy", "shannon", "margin"):  # whole images: rule "all"
         for j, ratio in enumerate((0.3, 0.6, 0.9)):
-            rows.append(_row("mean", "top-k", N, m, 0.1 * j, ratio, 0.75 + 0.02 * j))
+            rows.append(_row("mean", "all", None, m, 0.1 * j, ratio, 0.75 + 0.02 * j))
     return rows
 
 
@@ -118,7 +121,7 @@ def test_flat_curves_keep_a_readable_axis(tmp_path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from collabvit.plots import _fit_y
+    from collabvit.report.drawing import fit_y as _fit_y
 
     fig = Figure()
     FigureCanvasAgg(fig)
@@ -131,3 +134,30 @@ def test_flat_curves_keep_a_readable_axis(tmp_path: Path) -> None:
     ax.plot([0.5], [80.0])
     _fit_y(ax)
     assert ax.get_ylim()[1] > 80.0
+
+
+def _png_text(path: Path) -> dict[str, Any]:
+    with Image.open(path) as im:
+        return {k: json.loads(v) for k, v in im.text.items() if k.startswith("collabvit:")}
+
+
+def test_tradeoff_frontier_is_the_frontier_of_what_it_draws(tmp_path: Path) -> None:
+    """Every edge point is drawn (whole images too); the line is their frontier; the star
+    is the point it was given."""
+    rows = [*_rows(), _row("mean", "all", None, "min-entropy", 0.35, 0.15, 0.79)]
+    edge_only = {"kind": "baseline", "encoder": "", "rule": "edge-only", "score": "",
+                 "threshold": None, "measure": "", "eta": None,
+                 "communication_cost": 0.0, "accuracy": 0.7213}  # fmt: skip
+    edge_points = [r for r in rows if r["encoder"] == "edge"]
+    star = max(edge_points, key=lambda r: (r["accuracy"], -r["communication_cost"]))
+    render_figures_from([*rows, edge_only], [], star, _info(), None, tmp_path)
+    text = _png_text(tmp_path / "tradeoff.png")
+    expected = pareto_frontier([*edge_points, edge_only])
+    assert text["collabvit:frontier"] == [
+        point_identity(r) | {"communication_cost": r["communication_cost"],
+                             "accuracy": r["accuracy"]} for r in expected
+    ]  # fmt: skip
+    assert any(r["rule"] == "all" for r in text["collabvit:frontier"])  # whole images count
+    assert text["collabvit:star"]["rule"] == star["rule"]
+    assert text["collabvit:star"]["threshold"] == star["threshold"]
+    assert text["collabvit:star"]["communication_cost"] == star["communication_cost"]

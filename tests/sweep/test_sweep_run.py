@@ -1,4 +1,4 @@
-"""collabvit.sweep: grid points equal engine.evaluate, model calls are counted and cached."""
+"""collabvit.sweep.run_sweep: grid points equal engine.evaluate, model calls counted and cached."""
 
 from __future__ import annotations
 
@@ -12,35 +12,24 @@ import pytest
 import torch
 
 from collabvit import sweep as sweep_mod
-from collabvit.attention import forward_with_scores
 from collabvit.cli import main
 from collabvit.data import Sample, discover, iter_batches
 from collabvit.engine import OperatingPoint, evaluate
 from collabvit.errors import ConfigError
 from collabvit.gating import uncertainty
-from collabvit.models import LoadedModel, load_model
+from collabvit.models import LoadedModel, forward_with_scores, load_model
+from collabvit.report import write_outputs
 from collabvit.selection import select_patches
-from collabvit.sweep import (
-    PAPER_DELTA_SUMS,
-    PAPER_ETAS,
-    Series,
-    SweepGrid,
-    choose_best,
-    pareto_frontier,
-    run_sweep,
-)
+from collabvit.sweep import PAPER_DELTA_SUMS, Series, SweepGrid, run_sweep
+from collabvit.sweep import server_pass as server_pass_mod
 
 N_IMAGES = 24
 BATCH = 8
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
+def _one_torch_thread(one_thread: None) -> None:
     """Tiny models on a shared 2-core machine: one intra-op thread avoids oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +67,7 @@ def _edge_outputs(
     for batch in iter_batches(samples, edge.preprocessing, BATCH, []):
         logits, out = forward_with_scores(edge, edge.normalise(batch.pixels), scores)
         for m in values:
-            values[m].append(uncertainty(logits, m).numpy())
+            values[m].append(uncertainty(logits, m))
         for s in scores:
             sc[s].append(out[s])
         kept += batch.samples
@@ -124,7 +113,8 @@ def test_every_grid_point_equals_evaluate(
             Series("top-k", (20,), "margin", (eta["margin"],), score="rollout-standard"),
             Series("threshold", (1 / 64,), "min-entropy", (eta["min-entropy"],)),
             Series("random", (30,), "none"),
-            Series("top-k", "all", "shannon", (eta["shannon"],)),
+            Series("all", measure="shannon", etas=(eta["shannon"],)),
+            Series("top-k", "all", "margin", (eta["margin"],)),  # the form before rule "all"
             Series("top-k", "auto", "none"),
             Series("threshold", "auto", "none"),
         ),
@@ -132,21 +122,13 @@ def test_every_grid_point_equals_evaluate(
         encoder_thresholds=(0.9,),
         seed=3,
     )
-    result = run_sweep(
-        edge,
-        server,
-        photos,
-        grid,
-        tmp_path / "out",
-        batch_size=BATCH,
-        figures=False,
-        chunk_size=BATCH,
-    )
+    result = run_sweep(edge, server, photos, grid, batch_size=BATCH, chunk_size=BATCH)
     assert result.meta["skipped_files"] == 1
     edge_points = [p for p in result.points if p.encoder == "edge"]
     rules = {p.rule for p in edge_points}
     measures = {p.measure for p in edge_points}
-    assert rules == {"top-k", "threshold", "attention-sum", "random"}
+    assert rules == {"top-k", "threshold", "attention-sum", "random", "all"}
+    assert {p.threshold for p in edge_points if p.rule == "all"} == {None}
     assert measures == {"min-entropy", "shannon", "margin", "none"}
     rows = {id(p): r for p, r in sweep_mod.iter_points(result)}
     for p in edge_points:
@@ -162,22 +144,24 @@ def test_every_grid_point_equals_evaluate(
             "mean_patches_transmitted",
             "communication_cost",
         ):
-            assert row[key] == ref.summary[key], (p, key)
-        assert row["server_flops_ratio"] == pytest.approx(ref.summary["server_flops_ratio"])
-        assert row["raised_to_one_patch"] == ref.summary["raised_to_one_patch"]
+            assert getattr(row, key) == ref.summary[key], (p, key)
+        assert row.server_flops_ratio == pytest.approx(ref.summary["server_flops_ratio"])
+        assert row.raised_to_one_patch == ref.summary["raised_to_one_patch"]
         sent = [r for r in ref.records if r.transmitted]
-        assert row["mean_patches_all"] == sum(r.num_patches for r in sent) / len(ref.records)
+        assert row.mean_patches_all == sum(r.num_patches for r in sent) / len(ref.records)
     # a few points transmit only part of the images, so the gate is exercised
-    ratios = {result.grid_rows()[i]["transmit_ratio"] for i in range(len(result.points))}
+    ratios = {r.transmit_ratio for r in result.grid_rows()}
     assert any(0 < r < 1 for r in ratios)
     # server-only accuracy is the full-image selection
-    full = evaluate(
-        edge, server, photos, OperatingPoint("mean", "top-k", 64, "none", 0.0), batch_size=BATCH
-    )
+    full = evaluate(edge, server, photos, OperatingPoint("mean", "all", 0, "none", 0.0), BATCH)
     assert result.server_accuracy == full.summary["accuracy"]
     # the Fig. 14 point: the server's own scores choose, every image is sent
-    enc = [r for r in result.grid_rows() if r["encoder"] == "server"]
-    assert len(enc) == 1 and enc[0]["transmit_ratio"] == 1.0
+    enc = [r for r in result.grid_rows() if r.encoder == "server"]
+    assert len(enc) == 1 and enc[0].transmit_ratio == 1.0
+    # whole images are rule "all" without a threshold, in the rows too
+    whole = [r for r in result.grid_rows() if r.rule == "all"]
+    assert len(whole) == 2 and {r.threshold for r in whole} == {None}
+    assert {r.mean_patches_transmitted for r in whole} == {float(edge.num_patches)}
 
 
 def test_model_calls_once_per_image_and_distinct_selection(
@@ -186,7 +170,7 @@ def test_model_calls_once_per_image_and_distinct_selection(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(sweep_mod, "SAVE_EVERY_S", 0.0)  # flush after every server batch
+    monkeypatch.setattr(server_pass_mod, "SAVE_EVERY_S", 0.0)  # flush after every server batch
     edge, server = pair
     values, scores, kept = _edge_outputs(edge, photos)
     me = values["min-entropy"]
@@ -204,7 +188,7 @@ def test_model_calls_once_per_image_and_distinct_selection(
         if me[j] >= min(etas):
             for d in PAPER_DELTA_SUMS:
                 keep = select_patches(scores["mean"][j : j + 1], "attention-sum", d).keep_mask
-                masks.add(keep[0].numpy().tobytes())
+                masks.add(keep[0].tobytes())
         expected += len(masks)
     never_sent = int((me < min(etas)).sum())
     assert never_sent > 0
@@ -212,15 +196,7 @@ def test_model_calls_once_per_image_and_distinct_selection(
     cache = tmp_path / "cache"
     with _count_calls(edge) as e_calls, _count_calls(server) as s_calls:
         first = run_sweep(
-            edge,
-            server,
-            photos,
-            grid,
-            tmp_path / "a",
-            batch_size=BATCH,
-            cache_dir=cache,
-            figures=False,
-            chunk_size=2 * BATCH,
+            edge, server, photos, grid, batch_size=BATCH, cache_dir=cache, chunk_size=2 * BATCH
         )
     assert len(first.points) == 70
     assert e_calls[0] == len(kept) == first.stats.edge_images
@@ -232,28 +208,19 @@ def test_model_calls_once_per_image_and_distinct_selection(
     new = SweepGrid(
         series=(
             Series("attention-sum", PAPER_DELTA_SUMS[::3], "min-entropy", etas[2:]),
-            Series("top-k", "all", "shannon", "auto"),
-            Series("top-k", "all", "margin", (0.0, 0.5)),
+            Series("all", measure="shannon", etas="auto"),
+            Series("top-k", "all", "margin", (0.0, 0.5)),  # the form before rule "all"
         ),
         reference_etas=etas,
     )
     with _count_calls(edge) as e_calls, _count_calls(server) as s_calls:
-        second = run_sweep(
-            edge,
-            server,
-            photos,
-            new,
-            tmp_path / "b",
-            batch_size=BATCH,
-            cache_dir=cache,
-            figures=False,
-        )
+        second = run_sweep(edge, server, photos, new, batch_size=BATCH, cache_dir=cache)
     assert (e_calls[0], s_calls[0]) == (0, 0)
     assert second.stats.edge_images == second.stats.server_images == 0
     assert second.stats.cached_selections == second.stats.distinct_selections > 0
-    a = {(p, r["accuracy"]) for p, r in sweep_mod.iter_points(first)}
-    b = {(p, r["accuracy"]) for p, r in sweep_mod.iter_points(second)}
-    assert b - a == {x for x in b if x[0].rule == "top-k"}  # shared points agree
+    a = {(p, r.accuracy) for p, r in sweep_mod.iter_points(first)}
+    b = {(p, r.accuracy) for p, r in sweep_mod.iter_points(second)}
+    assert b - a == {x for x in b if x[0].rule == "all"}  # shared points agree
 
     # resume: a lost edge chunk and a lost server chunk cost exactly their own calls
     (folder,) = [p for p in cache.iterdir() if p.is_dir()]
@@ -263,20 +230,17 @@ def test_model_calls_once_per_image_and_distinct_selection(
     (folder / "edge-00001.npz").unlink()
     (folder / "server-00000.npz").unlink()
     with _count_calls(edge) as e_calls, _count_calls(server) as s_calls:
-        third = run_sweep(
-            edge,
-            server,
-            photos,
-            grid,
-            tmp_path / "c",
-            batch_size=BATCH,
-            cache_dir=cache,
-            figures=False,
-        )
+        third = run_sweep(edge, server, photos, grid, batch_size=BATCH, cache_dir=cache)
     assert e_calls[0] == lost_images
     assert s_calls[0] == lost_selections
-    assert [r["accuracy"] for r in third.rows] == [r["accuracy"] for r in first.rows]
+    assert [r.accuracy for r in third.rows] == [r.accuracy for r in first.rows]
     assert third.rows == first.rows
+    # run_sweep writes nothing but its cache; write_outputs writes the files
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
+    files = write_outputs(third, tmp_path / "out", figures=False)
+    assert [p.name for p in files][:5] == [
+        "results.csv", "results.json", "frontier.csv", "best.json", "tables.md"
+    ]  # fmt: skip
 
 
 def test_cli_sweep_writes_tables_and_figures(
@@ -331,6 +295,11 @@ rule = "top-k"
 thresholds = "all"
 measure = "margin"
 etas = "auto"
+
+[[series]]
+rule = "all"
+measure = "min-entropy"
+etas = [0.4, 0.8]
 """
     )
     code = main(
@@ -374,94 +343,17 @@ etas = "auto"
     csv_lines = (out / "results.csv").read_text().splitlines()
     assert csv_lines[0].split(",") == list(sweep_mod.RESULT_FIELDS)
     assert len(csv_lines) == len(body["rows"]) + 1
-
-
-def test_paper_grid_defaults() -> None:
-    grid = SweepGrid.paper()
-    gated = [s for s in grid.series if s.measure == "min-entropy" and s.rule == "attention-sum"]
-    assert gated[0].thresholds == PAPER_DELTA_SUMS
-    assert gated[0].etas == PAPER_ETAS
-    assert grid.encoder_thresholds == PAPER_DELTA_SUMS
-    assert set(grid.edge_scores()) == {"mean", "rollout", "rollout-standard"}
-    assert {s.rule for s in grid.series} == {"attention-sum", "top-k", "threshold", "random"}
-    assert {s.measure for s in grid.series} == {"min-entropy", "shannon", "margin", "none"}
-    small = SweepGrid.small()
-    assert small.edge_scores() == ("mean",) and not small.encoder_thresholds
-
-
-def test_grid_toml(tmp_path: Path) -> None:
-    path = tmp_path / "grid.toml"
-    path.write_text(
-        """
-base = "none"
-seed = 7
-reference_delta_sums = [0.9, 0.95]
-
-[frontier]
-measures = ["shannon"]
-
-[[series]]
-rule = "attention-sum"
-thresholds = [0.9, 0.95]
-measure = "shannon"
-etas = [1.0, 2]
-
-[[series]]
-rule = "random"
-thresholds = "auto"
-"""
-    )
-    grid = SweepGrid.from_toml(path)
-    assert grid.seed == 7 and grid.frontier.measures == ("shannon",)
-    assert grid.series[0].etas == (1.0, 2.0)
-    assert grid.series[1].thresholds == "auto" and grid.series[1].etas == (0.0,)
-    assert grid.encoder_thresholds == ()
-    assert SweepGrid.from_dict({"seed": 1}).series == SweepGrid.paper().series
-
-    for bad, message in (
-        ({"serie": []}, "unknown grid key"),
-        ({"series": [{"rule": "attention-sum", "thresholds": "auto"}]}, "not available"),
-        ({"series": [{"rule": "top-k", "thresholds": [-1]}]}, ">= 0"),
-        ({"series": [{"measure": "entropy"}]}, "unknown measure"),
-        ({"series": [{"measure": "shannon", "etas": "some"}]}, "etas"),
-        ({"base": "huge"}, "grid base"),
-        ({"frontier": {"rules": "x"}}, "frontier"),
-    ):
-        with pytest.raises(ConfigError, match=message):
-            SweepGrid.from_dict(bad)
-    (tmp_path / "broken.toml").write_text("series = [")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        SweepGrid.from_toml(tmp_path / "broken.toml")
-
-
-def test_frontier_and_best() -> None:
-    rows: list[dict[str, float | None]] = [
-        {"communication_cost": 0.0, "accuracy": 0.70},
-        {"communication_cost": 0.3, "accuracy": 0.80},
-        {"communication_cost": 0.4, "accuracy": 0.79},  # dominated
-        {"communication_cost": 0.5, "accuracy": 0.805},
-        {"communication_cost": 0.9, "accuracy": 0.81},
-        {"communication_cost": 0.9, "accuracy": 0.80},  # same cost, worse
-        {"communication_cost": 0.2, "accuracy": None},  # unlabelled: ignored
-    ]
-    front = pareto_frontier(rows)
-    assert [(r["communication_cost"], r["accuracy"]) for r in front] == [
-        (0.0, 0.70),
-        (0.3, 0.80),
-        (0.5, 0.805),
-        (0.9, 0.81),
-    ]
-    best = choose_best(rows, server_accuracy=0.815, target_drop=1.0)
-    assert best is not None and best["communication_cost"] == 0.5 and best["within_target"]
-    assert best["accuracy_drop_points"] == pytest.approx(1.0)
-    strict = choose_best(rows, server_accuracy=0.9, target_drop=1.0)
-    assert strict is not None and strict["accuracy"] == 0.81 and not strict["within_target"]
-    assert choose_best(rows, None, 1.0) is None
+    # whole images (the legacy top-k "all" and the rule itself): rule all, no threshold
+    whole = [line.split(",") for line in csv_lines[1:] if line.split(",")[3] == "all"]
+    assert {(w[0], w[4], w[5]) for w in whole} == {
+        ("grid", "", "shannon"), ("grid", "", "margin"), ("grid", "", "min-entropy")
+    }  # fmt: skip
+    assert not any(line.split(",")[3] == "top-k" for line in csv_lines[1:] if ",all," in line)
 
 
 def test_bad_arguments(pair: tuple[LoadedModel, LoadedModel], photos: list[Sample]) -> None:
     edge, server = pair
     with pytest.raises(ConfigError, match="codec"):
-        run_sweep(edge, server, photos, SweepGrid.small(), None, codec="gif")
+        run_sweep(edge, server, photos, SweepGrid.small(), codec="gif")
     with pytest.raises(ConfigError, match="target drop"):
-        run_sweep(edge, server, photos, SweepGrid.small(), None, target_drop=-1)
+        run_sweep(edge, server, photos, SweepGrid.small(), target_drop=-1)

@@ -27,9 +27,11 @@ def test_demo_prints_and_writes_the_headline(tmp_path: Path) -> None:
     assert 0 < head["communication_cost"] < 1
     expected_cost = head["transmit_ratio"] * head["mean_patches_transmitted"] / 49
     assert abs(head["communication_cost"] - expected_cost) < 1e-3
-    # the printed headline says the same numbers
+    # the printed headline says the same numbers, and names the point as the JSON does
     assert f"{100 * head['server_accuracy']:6.2f}%" in result.stdout
     assert f"communication cost {head['communication_cost']:.4f}" in result.stdout
+    assert f"at {head['point']}:" in result.stdout
+    assert head["rule"] != "top-k" or head["threshold"] != 49  # whole images are rule "all"
     assert (out / "figures" / "tradeoff.png").stat().st_size > 10_000
     assert (out / "results.csv").is_file()
 
