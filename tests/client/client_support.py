@@ -166,6 +166,8 @@ class HostileServer:
                 await self.respond(request, writer)
         except (OSError, asyncio.IncompleteReadError, asyncio.TimeoutError, ValueError):
             pass  # the client went away (or sent nonsense): nothing to answer
+        except asyncio.CancelledError:
+            pass  # close(): end quietly (a cancelled handler task is logged as an error)
         finally:
             self._handlers.discard(task)
             writer.close()

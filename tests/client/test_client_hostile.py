@@ -9,12 +9,13 @@ so a client that hangs fails the test instead of hanging it.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
-from client_support import HostileServer, RawRequest, answering, http_response
+from client_support import HostileServer, RawRequest, Respond, answering, http_response
 
-from collabvit.client import ClientConfig, EdgeClient, ImageResult
+from collabvit.client import ClientConfig, EdgeClient, ImageResult, summarise
 from collabvit.data import Sample, discover
 from collabvit.engine import OperatingPoint
 from collabvit.models import LoadedModel, load_model
@@ -89,3 +90,49 @@ def test_one_bad_answer_among_good_ones_is_retried_and_the_run_goes_on(
     assert [r.source for r in results] == ["server"] * 3
     assert [r.attempts for r in results] == [2, 1, 1]
     assert [r.prediction for r in results] == [2, 3, 4]
+
+
+# ----------------------------------------------------------------------------- item 7
+
+
+def trickling(interval_s: float) -> Respond:
+    """Headers at once, then a valid answer one byte every ``interval_s`` seconds."""
+
+    async def respond(_request: RawRequest, writer: asyncio.StreamWriter) -> None:
+        whole = http_response(200, valid_answer(3))
+        head_end = whole.index(b"\r\n\r\n") + 4
+        writer.write(whole[:head_end])
+        await writer.drain()
+        for i in range(head_end, len(whole)):
+            await asyncio.sleep(interval_s)
+            writer.write(whole[i : i + 1])
+            await writer.drain()
+
+    return respond
+
+
+def test_a_trickled_body_cannot_outlast_the_deadline(
+    edge: LoadedModel, samples: list[Sample]
+) -> None:
+    """Today a byte every 0.2 s never trips the 2 s read timeout: the image waits ~20 s."""
+    assert ClientConfig("http://x").deadline_s == 10.0  # on by default
+    with HostileServer(trickling(0.2)) as server:
+        config = ClientConfig(
+            server.url, concurrency=2, timeout_s=2.0, retries=1, backoff_s=0.01, deadline_s=1.0
+        )
+        started = time.monotonic()
+        results = run_bounded(edge, config, samples[:4], limit_s=15.0)
+        elapsed = time.monotonic() - started
+    assert [r.source for r in results] == ["edge-fallback"] * 4
+    assert all("deadline" in (r.error or "") for r in results)
+    assert all(r.attempts == 1 for r in results)  # the deadline covers the retries too
+    assert elapsed < 2 * 1.0 + 5.0  # two rounds of two images, plus the edge model
+    summary = summarise(results)
+    assert summary["fallbacks"] == {"deadline": 4}
+
+
+def test_a_fast_answer_is_not_cut_by_the_deadline(edge: LoadedModel, samples: list[Sample]) -> None:
+    with HostileServer(trickling(0.0)) as server:
+        config = ClientConfig(server.url, concurrency=2, deadline_s=5.0)
+        results = run_bounded(edge, config, samples[:2])
+    assert [r.source for r in results] == ["server"] * 2

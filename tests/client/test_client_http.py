@@ -20,7 +20,14 @@ import uvicorn
 from client_support import BASE, BeforePredict, free_port, live_server, run_in_process
 
 from collabvit.client import ClientConfig, EdgeClient, ImageResult, RetryPolicy, ServerAnswer
-from collabvit.client.http import is_retryable, make_client, retry_after_s, send
+from collabvit.client.http import (
+    MAX_ANSWER_BYTES,
+    DeadlineExceeded,
+    is_retryable,
+    make_client,
+    retry_after_s,
+    send,
+)
 from collabvit.data import Sample, discover
 from collabvit.engine import OperatingPoint
 from collabvit.errors import ConfigError, ServerError
@@ -338,3 +345,28 @@ def test_the_client_waits_for_a_server_that_is_still_starting(
         late.should_exit = True
         starter.join(30)
     assert [(r.source, r.attempts) for r in results] == [("server", 1)] * 2
+
+
+def test_the_deadline_covers_the_waits_between_attempts() -> None:
+    """Item 7: a Retry-After of 30 s cannot hold an image past its 0.3 s deadline."""
+    handler, seen = scripted(*[httpx.Response(503, headers={"Retry-After": "30"})] * 3)
+
+    async def main() -> ServerError:
+        async with make_client(BASE, transport=httpx.MockTransport(handler)) as http:
+            with pytest.raises(DeadlineExceeded) as caught:
+                await send(http, b"p", RetryPolicy(retries=2), deadline_s=0.3)
+            return caught.value
+
+    started = time.perf_counter()
+    error = asyncio.run(main())
+    assert time.perf_counter() - started < 5
+    assert (error.status_code, error.attempts, len(seen)) == (None, 1, 1)
+    assert str(error) == "no answer within the 0.3 s deadline (1 attempt(s))"
+
+
+def test_an_answer_over_the_size_cap_is_invalid() -> None:
+    big = b'{"label": 7, "pad": "' + b"x" * MAX_ANSWER_BYTES + b'"}'
+    handler, _ = scripted(httpx.Response(200, content=big), httpx.Response(401, content=big))
+    error, _ = send_with(handler, RetryPolicy(retries=1, backoff_s=0.0))
+    assert isinstance(error, ServerError) and error.status_code == 401  # retried, then 401
+    assert len(str(error)) < 300  # one short line, not the body

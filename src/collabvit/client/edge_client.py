@@ -53,7 +53,8 @@ class ClientConfig:
     codec: str = "raw"  # raw | png | jpeg
     quality: int = 90  # jpeg quality
     concurrency: int = 4  # requests in flight
-    timeout_s: float = 30.0  # per request (connect, write, read each)
+    timeout_s: float = 30.0  # per network operation (connect, write, each read)
+    deadline_s: float = 10.0  # one image's whole exchange with the server, retries included
     retries: int = 2  # extra attempts after the first
     backoff_s: float = 0.2  # delay before the first retry; doubles each retry
     max_backoff_s: float = 30.0  # cap on any delay, Retry-After included
@@ -75,8 +76,10 @@ class ClientConfig:
             raise ConfigError("concurrency and batch size must be >= 1")
         if self.retries < 0 or self.breaker_failures < 0:
             raise ConfigError("retries and breaker failures must be >= 0")
-        if not (math.isfinite(self.timeout_s) and self.timeout_s > 0):
-            raise ConfigError(f"timeout_s must be a finite number > 0, got {self.timeout_s}")
+        for name in ("timeout_s", "deadline_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value}")
         for name in ("backoff_s", "max_backoff_s", "breaker_cooldown_s", "wait_for_server_s"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
@@ -176,14 +179,19 @@ class EdgeClient:
         )
 
     async def send(self, http: httpx.AsyncClient, payload: bytes) -> ServerAnswer:
-        """POST one payload to ``/v1/infer`` with the config's retry policy.
+        """POST one payload to ``/v1/infer`` with the config's retry policy and deadline.
 
         Raises:
-            ServerError: the server did not answer 200 after every attempt, or
-                answered an error that retrying cannot fix (4xx).
+            ServerError: the server did not answer a valid 200 within the
+                deadline and the attempts, or answered an error that retrying
+                cannot fix (4xx).
         """
         return await _http.send(
-            http, payload, self.config.retry_policy, num_classes=self.edge.num_classes
+            http,
+            payload,
+            self.config.retry_policy,
+            num_classes=self.edge.num_classes,
+            deadline_s=self.config.deadline_s,
         )
 
     # ------------------------------------------------------------------ the whole run
@@ -259,7 +267,7 @@ class EdgeClient:
             except Exception as exc:  # no answer may cost an image or a worker
                 logger.exception("%s: unexpected error, answering on the edge", d.sample.file)
                 error = f"unexpected {type(exc).__name__}: {exc}"
-                result = _edge_result(self.edge, d, "edge-fallback", error=error)
+                result = _edge_result(self.edge, d, "edge-fallback", error=error, fallback="error")
             finish(result)
 
     async def _wait_for_server(self, http: httpx.AsyncClient) -> None:
@@ -284,14 +292,15 @@ class EdgeClient:
         assert d.payload is not None
         if not self.breaker.allow():
             error = f"server paused after {self.config.breaker_failures} failed images in a row"
-            return _edge_result(self.edge, d, "edge-fallback", error=error)
+            return _edge_result(self.edge, d, "edge-fallback", error=error, fallback="paused")
         try:
             answer = await self.send(http, d.payload)
         except ServerError as exc:
             if _http.is_retryable(exc):
                 self._count_failure(exc)
             logger.debug("%s: edge fallback: %s", d.sample.file, exc)
-            return _edge_result(self.edge, d, "edge-fallback", exc.attempts, str(exc))
+            reason = _fallback_reason(exc)
+            return _edge_result(self.edge, d, "edge-fallback", exc.attempts, str(exc), reason)
         self.breaker.record_success()
         result = _edge_result(self.edge, d, "server", answer.attempts)
         result.prediction = answer.label
@@ -329,6 +338,7 @@ def _edge_result(
     source: str,
     attempts: int = 0,
     error: str | None = None,
+    fallback: str | None = None,
 ) -> ImageResult:
     s = d.sample
     return ImageResult(
@@ -345,8 +355,18 @@ def _edge_result(
         attempts=attempts,
         full_jpeg_bytes=d.full_jpeg_bytes,
         error=error,
+        fallback=fallback,
         index=s.index,
     )
+
+
+def _fallback_reason(exc: ServerError) -> str:
+    """The :data:`~collabvit.client.results.FALLBACK_REASONS` key of a failed exchange."""
+    if isinstance(exc, _http.DeadlineExceeded):
+        return "deadline"
+    if isinstance(exc, _http.InvalidAnswer):
+        return "invalid-answer"
+    return "unavailable" if _http.is_retryable(exc) else "rejected"
 
 
 def _unreadable_result(s: Sample) -> ImageResult:

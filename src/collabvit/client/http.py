@@ -30,6 +30,8 @@ from ..errors import ConfigError, ServerError
 
 __all__ = [
     "INFER_PATH",
+    "MAX_ANSWER_BYTES",
+    "DeadlineExceeded",
     "InvalidAnswer",
     "RetryPolicy",
     "ServerAnswer",
@@ -43,6 +45,8 @@ __all__ = [
 ]
 
 INFER_PATH = "/v1/infer"
+MAX_ANSWER_BYTES = 1 << 20
+"""Bytes of an answer the client reads at most (a prediction is a few hundred)."""
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -51,6 +55,10 @@ _NOT_JSON = object()
 
 class InvalidAnswer(ServerError):
     """A 200 answer that is not a collabvit prediction (retried like a 5xx)."""
+
+
+class DeadlineExceeded(ServerError):
+    """The server did not answer within the exchange's deadline (``status_code`` None)."""
 
 
 @dataclass
@@ -121,19 +129,46 @@ async def send(
     sleep: Sleep = asyncio.sleep,
     *,
     num_classes: int | None = None,
+    deadline_s: float | None = None,
 ) -> ServerAnswer:
     """POST one payload to ``/v1/infer``, retrying what a retry can fix.
 
     Args:
         num_classes: the label space; answers outside it are invalid.
+        deadline_s: the whole exchange (every attempt, every wait between
+            them, every byte of every answer) ends after this many seconds
+            (None: no deadline; the per-operation ``http.timeout`` alone
+            cannot stop a server that trickles its answer).
 
     Raises:
+        DeadlineExceeded: no answer within ``deadline_s``.
         ServerError: no valid 200 answer after ``policy.attempts`` attempts
             (a 200 that is not a prediction counts as a failed attempt), or an
             answer that retrying cannot fix (4xx but 429).
     """
+    started = [0]  # attempts started, for the deadline's message
+    exchange = _send_with_retries(http, payload, policy, sleep, num_classes, started)
+    try:
+        return await asyncio.wait_for(exchange, deadline_s)
+    except asyncio.TimeoutError:  # not the builtin TimeoutError before Python 3.11
+        assert deadline_s is not None
+        raise DeadlineExceeded(
+            f"no answer within the {deadline_s:g} s deadline ({started[0]} attempt(s))",
+            attempts=started[0],
+        ) from None
+
+
+async def _send_with_retries(
+    http: httpx.AsyncClient,
+    payload: bytes,
+    policy: RetryPolicy,
+    sleep: Sleep,
+    num_classes: int | None,
+    started: list[int],
+) -> ServerAnswer:
     failure = ServerError("no attempt made", attempts=0)
     for attempt in range(1, policy.attempts + 1):
+        started[0] = attempt
         retry_after: float | None = None
         try:
             response, rtt_ms = await send_once(http, payload)
@@ -159,22 +194,52 @@ async def send(
 
 
 async def send_once(http: httpx.AsyncClient, payload: bytes) -> tuple[httpx.Response, float]:
-    """One POST: the response (any status) and its round trip in ms.
+    """One POST: the response (any status, body read) and its round trip in ms.
+
+    At most :data:`MAX_ANSWER_BYTES` of the body are read: a longer 200 is an
+    :class:`InvalidAnswer`; a longer error answer is cut there.
 
     Raises:
         ServerError: no answer (timeout, refused connection, ...), ``status_code`` None.
+        InvalidAnswer: a 200 longer than :data:`MAX_ANSWER_BYTES`.
     """
     started = time.perf_counter()
+    url = str(http.base_url).rstrip("/")
     try:
-        response = await http.post(INFER_PATH, content=payload)
+        request = http.build_request("POST", INFER_PATH, content=payload)
+        streamed = await http.send(request, stream=True)
+        try:
+            body, cut = await _read_at_most(streamed, MAX_ANSWER_BYTES)
+        finally:
+            await streamed.aclose()
     except httpx.TimeoutException as exc:
         timeout = http.timeout.read
         after = "" if timeout is None else f" after {timeout:g} s"
         raise ServerError(f"timed out{after} ({type(exc).__name__})") from None
     except httpx.TransportError as exc:
-        url = str(http.base_url).rstrip("/")
         raise ServerError(f"cannot reach {url} ({type(exc).__name__}: {exc})") from None
+    except httpx.RequestError as exc:  # e.g. a body that does not decode
+        raise ServerError(f"no usable answer from {url} ({type(exc).__name__}: {exc})") from None
+    if cut and streamed.status_code == 200:
+        raise InvalidAnswer(
+            f"server answered 200 with more than {MAX_ANSWER_BYTES} bytes: "
+            "is this a collabvit server?",
+            status_code=200,
+        )
+    skip = {"content-encoding", "content-length", "transfer-encoding"}  # the body is decoded
+    headers = [(k, v) for k, v in streamed.headers.multi_items() if k.lower() not in skip]
+    response = httpx.Response(streamed.status_code, headers=headers, content=body, request=request)
     return response, 1000.0 * (time.perf_counter() - started)
+
+
+async def _read_at_most(response: httpx.Response, limit: int) -> tuple[bytes, bool]:
+    """The decoded body's first ``limit`` bytes, and whether there was more."""
+    body = bytearray()
+    async for chunk in response.aiter_bytes():
+        body += chunk
+        if len(body) > limit:
+            return bytes(body[:limit]), True
+    return bytes(body), False
 
 
 def parse_answer(

@@ -18,7 +18,15 @@ import numpy as np
 
 from ..metrics import summarise as summarise_metrics
 
-__all__ = ["SOURCES", "TRANSMITTED", "ImageResult", "summarise", "write_jsonl"]
+__all__ = [
+    "FALLBACK_REASONS",
+    "NON_TRANSIENT",
+    "SOURCES",
+    "TRANSMITTED",
+    "ImageResult",
+    "summarise",
+    "write_jsonl",
+]
 
 SOURCES = ("edge", "server", "edge-fallback", "unreadable")
 """Who answered an image: the edge (kept), the server, the edge after the
@@ -26,6 +34,19 @@ server failed, or nobody (the file could not be read)."""
 
 TRANSMITTED = ("server", "edge-fallback")
 """The sources of images the gate sent to the server (eq. 11)."""
+
+FALLBACK_REASONS = {
+    "deadline": "no answer within the deadline (--deadline)",
+    "unavailable": "no answer, 5xx or 429 after every attempt",
+    "invalid-answer": "200 answers that are not a collabvit prediction",
+    "paused": "the breaker had paused the server after failures in a row",
+    "rejected": "the server refused the request (4xx: token, geometry, size)",
+    "error": "an unexpected error in the client",
+}
+"""Why an ``edge-fallback`` image was not answered by the server (``ImageResult.fallback``)."""
+
+NON_TRANSIENT = ("rejected", "error")
+"""Fallback reasons that a rerun against the same server cannot fix."""
 
 
 @dataclass
@@ -46,6 +67,7 @@ class ImageResult:
     attempts: int = 0  # HTTP attempts made
     full_jpeg_bytes: int | None = None  # the whole original as JPEG q90 (opt-in baseline)
     error: str | None = None  # why the server did not answer (edge-fallback)
+    fallback: str | None = None  # that reason's FALLBACK_REASONS key (edge-fallback)
     index: int = field(default=-1, repr=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -95,6 +117,11 @@ def summarise(
         "mean_bytes_per_image": summary.bytes_per_image,
         "mean_full_jpeg_bytes": sum(full) / len(full) if full else None,
         "mean_rtt_ms": _mean([r.rtt_ms for r in answered if r.rtt_ms is not None]),
+        "fallbacks": {
+            reason: n
+            for reason in FALLBACK_REASONS
+            if (n := sum(r.fallback == reason for r in results))
+        },
     }
 
 

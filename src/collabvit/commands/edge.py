@@ -41,7 +41,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--codec", default="raw", choices=("raw", "png", "jpeg"))
     net.add_argument("--quality", type=int, default=90, help="jpeg quality 1..100")
     net.add_argument("--concurrency", type=int, default=4, help="requests in flight")
-    net.add_argument("--timeout", type=float, default=30.0, metavar="S", help="per request")
+    net.add_argument(
+        "--timeout", type=float, default=30.0, metavar="S", help="per network operation"
+    )
+    net.add_argument(
+        "--deadline",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="one image's whole exchange with the server, retries included; after it the "
+        "image is answered by the edge",
+    )
     net.add_argument("--retries", type=int, default=2, help="extra attempts on 5xx/timeouts")
     net.add_argument(
         "--token",
@@ -114,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
         quality=args.quality,
         concurrency=args.concurrency,
         timeout_s=args.timeout,
+        deadline_s=args.deadline,
         retries=args.retries,
         token=args.token or os.environ.get("COLLABVIT_TOKEN") or None,
         batch_size=args.batch_size,
