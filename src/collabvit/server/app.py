@@ -44,6 +44,7 @@ from .api import (
     predict_batch,
 )
 from .batcher import Batcher, BatcherCallbacks
+from .framing import RefuseAmbiguousFraming
 from .metrics import ServerMetrics
 
 __all__ = ["create_app"]
@@ -98,6 +99,7 @@ def create_app(
         redoc_url=None,
         openapi_url=None,
     )
+    app.add_middleware(RefuseAmbiguousFraming)  # before any route reads a body
     app.state.model = loaded
     app.state.config = service.config
     app.state.metrics = service.metrics
