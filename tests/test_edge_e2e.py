@@ -16,10 +16,13 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar
 
 import httpx
 import numpy as np
@@ -319,3 +322,103 @@ def test_sigterm_answers_the_requests_in_flight_before_exiting(
     assert server.proc.wait(60) == 0
     log = server.log()
     assert "batcher stopped; every accepted request was answered" in log
+
+
+# ----------------------------------------------------------------------------- SIGINT and --resume
+
+
+class SlowPredictions(BaseHTTPRequestHandler):
+    """Answers every POST with a valid prediction after ``delay_s``; counts the POSTs."""
+
+    delay_s = 0.5
+    posts: ClassVar[list[str]] = []
+
+    def do_GET(self) -> None:
+        self._answer(b'{"status": "ok"}')
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self.posts.append(self.path)
+        time.sleep(self.delay_s)
+        n = len(self.posts)
+        top5 = [{"label": n, "class_name": f"c{n}", "probability": 0.5}]
+        self._answer(json.dumps({"label": n, "class_name": f"c{n}", "top5": top5}).encode())
+
+    def _answer(self, body: bytes) -> None:
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        except OSError:
+            pass  # the edge went away (SIGINT)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def slow_server(delay_s: float) -> Iterator[tuple[str, list[str]]]:
+    """A stdlib HTTP server on 127.0.0.1 in a thread: (its URL, the POSTs it saw)."""
+    posts: list[str] = []
+    handler = type("Handler", (SlowPredictions,), {"delay_s": delay_s, "posts": posts})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="slow-server")
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", posts
+    finally:
+        server.shutdown()
+        server.server_close()  # joins the handler threads (each ends within delay_s)
+        thread.join(30)
+
+
+def jsonl_lines(path: Path) -> list[dict[str, object]]:
+    if not path.is_file():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.endswith("}")]
+
+
+def test_sigint_keeps_every_answer_and_resume_answers_each_image_exactly_once(
+    small_pair: tuple[Path, Path], photo_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 16 item 8: today Ctrl-C leaves no file at all (answers are written at the end)."""
+    out = tmp_path / "answers.jsonl"
+    every = sorted(p.name for p in photo_dir.glob("*.JPEG"))
+    with slow_server(0.5) as (url, posts):
+        args = [
+            "edge", "--edge", str(small_pair[0]), "--server-url", url, str(photo_dir),
+            "--labels", str(photo_dir / "labels.csv"), "--measure", "none",
+            "--concurrency", "1", "--threads", "1", "--out", str(out),
+        ]  # fmt: skip
+        proc = start(*args)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while len(jsonl_lines(out)) < 3:  # each line is on disk as soon as it is answered
+            assert proc.poll() is None, f"edge exited early:\n{proc.communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, "no line written"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        try:
+            summary, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("the edge did not stop on SIGINT")
+        assert proc.returncode == 130, err[-3000:]
+        first = jsonl_lines(out)
+        assert 3 <= len(first) < len(every)
+        assert len({line["file"] for line in first}) == len(first)
+        assert "interrupted" in err and "--resume" in err
+        assert f"{len(first)} images" in summary  # the summary of what was answered
+
+        sent_before = len(posts)
+        summary = finish(start(*args, "--resume"), "collabvit edge --resume")
+        resent = len(posts) - sent_before
+    final = jsonl_lines(out)
+    assert [line["file"] for line in final] == every  # each once, in input order
+    assert resent == len(every) - len(first)  # the answered images were not sent again
+    by_file = {line["file"]: line for line in final}
+    for line in first:
+        assert by_file[str(line["file"])] == line  # kept as they were
+    assert {line["source"] for line in final} == {"server"}
+    assert f"{len(every)} images" in summary

@@ -136,3 +136,37 @@ def test_a_fast_answer_is_not_cut_by_the_deadline(edge: LoadedModel, samples: li
         config = ClientConfig(server.url, concurrency=2, deadline_s=5.0)
         results = run_bounded(edge, config, samples[:2])
     assert [r.source for r in results] == ["server"] * 2
+
+
+# ----------------------------------------------------------------------------- item 8
+
+
+def test_a_stop_ends_the_run_with_the_answers_given_so_far(
+    edge: LoadedModel, samples: list[Sample]
+) -> None:
+    """What SIGINT does in ``collabvit edge``: stop at once, keep what was answered."""
+
+    async def slow(_request: RawRequest, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(0.3)
+        writer.write(http_response(200, valid_answer(5)))
+        await writer.drain()
+
+    async def main(url: str) -> tuple[list[ImageResult], list[ImageResult], float]:
+        stop = asyncio.Event()
+        seen: list[ImageResult] = []
+
+        def on_result(result: ImageResult) -> None:
+            seen.append(result)
+            if len(seen) == 2:
+                stop.set()
+
+        client = EdgeClient(edge, SEND_ALL, ClientConfig(url, concurrency=1))
+        started = time.monotonic()
+        results = await asyncio.wait_for(client.arun(samples, on_result, stop), RUN_LIMIT_S)
+        return results, seen, time.monotonic() - started
+
+    with HostileServer(slow) as server:
+        results, seen, elapsed = asyncio.run(main(server.url))
+    assert [r.file for r in results] == [r.file for r in seen] == [s.file for s in samples[:2]]
+    assert all(r.source == "server" for r in results)
+    assert elapsed < 0.3 * len(samples)  # it did not wait for the other images

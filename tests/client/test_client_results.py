@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from collabvit.client import SOURCES, ImageResult, summarise, write_jsonl
+from collabvit.client import SOURCES, ImageResult, JsonlWriter, read_jsonl, summarise, write_jsonl
 from collabvit.metrics import summarise as summarise_metrics
 
 
@@ -90,3 +90,28 @@ def test_every_source_round_trips(source: str, tmp_path: Path) -> None:
     out = tmp_path / "one.jsonl"
     write_jsonl([result(source, 1, 1, 1)], out)
     assert json.loads(out.read_text())["source"] == source
+
+
+def test_jsonl_writer_puts_each_line_on_disk_at_once(tmp_path: Path) -> None:
+    """Item 8: a reader (or a crash) sees every answer given so far, not nothing."""
+    out = tmp_path / "live.jsonl"
+    with JsonlWriter(out) as sink:
+        for i, r in enumerate(RESULTS, 1):
+            sink.write(r)
+            lines = out.read_text().splitlines()  # while the file is still open
+            assert [json.loads(x)["file"] for x in lines] == [x.file for x in RESULTS[:i]]
+    with JsonlWriter(out, append=True) as sink:
+        sink.write(result("edge", 9, 9, 9))
+    assert len(out.read_text().splitlines()) == len(RESULTS) + 1
+
+
+def test_read_jsonl_round_trips_and_leaves_out_a_torn_line(tmp_path: Path) -> None:
+    out = tmp_path / "killed.jsonl"
+    write_jsonl(RESULTS, out)
+    with open(out, "a") as fh:
+        fh.write('{"file": "half-written.jpg", "lab')  # kill -9 mid-line
+    back = read_jsonl(out)
+    assert [r.to_json() for r in back] == [r.to_json() for r in RESULTS]
+    write_jsonl(back, out)
+    assert "half-written" not in out.read_text()
+    assert not list(tmp_path.glob("*.partial"))  # replaced whole

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -28,13 +27,14 @@ from dataclasses import dataclass
 import httpx
 
 from ..data import Sample, iter_batches, load_image
-from ..errors import ConfigError, ServerError
+from ..errors import ServerError
 from ..models import LoadedModel
 from ..pipeline import OperatingPoint, decide_on_edge
-from ..wire import CODECS, encode, full_image_bytes
+from ..wire import encode, full_image_bytes
 from . import http as _http
 from .breaker import CircuitBreaker
-from .http import RetryPolicy, ServerAnswer
+from .config import ClientConfig
+from .http import ServerAnswer
 from .results import ImageResult
 
 __all__ = ["ClientConfig", "EdgeClient", "EdgeDecision", "whole_jpeg_bytes"]
@@ -43,51 +43,6 @@ logger = logging.getLogger(__name__)
 
 Finish = Callable[[ImageResult], None]
 Decisions = Generator[list["EdgeDecision"], None, None]
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """Where and how the edge talks to the server."""
-
-    server_url: str  # e.g. http://127.0.0.1:8000
-    codec: str = "raw"  # raw | png | jpeg
-    quality: int = 90  # jpeg quality
-    concurrency: int = 4  # requests in flight
-    timeout_s: float = 30.0  # per network operation (connect, write, each read)
-    deadline_s: float = 10.0  # one image's whole exchange with the server, retries included
-    retries: int = 2  # extra attempts after the first
-    backoff_s: float = 0.2  # delay before the first retry; doubles each retry
-    max_backoff_s: float = 30.0  # cap on any delay, Retry-After included
-    token: str | None = None  # bearer token
-    batch_size: int = 64  # images per edge forward
-    breaker_failures: int = 5  # consecutive failed images that pause the server (0: never)
-    breaker_cooldown_s: float = 5.0  # how long it stays paused
-    full_jpeg_baseline: bool = False  # also measure each original as a JPEG q90 upload
-    wait_for_server_s: float = 0.0  # before the first upload, wait this long for /healthz
-
-    def __post_init__(self) -> None:
-        if not self.server_url.startswith(("http://", "https://")):
-            raise ConfigError(f"server URL {self.server_url!r} must start with http:// or https://")
-        if self.codec not in CODECS:
-            raise ConfigError(f"unknown codec {self.codec!r}: use one of {', '.join(CODECS)}")
-        if not 1 <= self.quality <= 100:
-            raise ConfigError(f"quality must be 1..100, got {self.quality}")
-        if self.concurrency < 1 or self.batch_size < 1:
-            raise ConfigError("concurrency and batch size must be >= 1")
-        if self.retries < 0 or self.breaker_failures < 0:
-            raise ConfigError("retries and breaker failures must be >= 0")
-        for name in ("timeout_s", "deadline_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ConfigError(f"{name} must be a finite number > 0, got {value}")
-        for name in ("backoff_s", "max_backoff_s", "breaker_cooldown_s", "wait_for_server_s"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
-
-    @property
-    def retry_policy(self) -> RetryPolicy:
-        return RetryPolicy(self.retries, self.backoff_s, self.max_backoff_s)
 
 
 @dataclass
@@ -201,13 +156,18 @@ class EdgeClient:
         return asyncio.run(self.arun(samples, on_result))
 
     async def arun(
-        self, samples: Sequence[Sample], on_result: Finish | None = None
+        self,
+        samples: Sequence[Sample],
+        on_result: Finish | None = None,
+        stop: asyncio.Event | None = None,
     ) -> list[ImageResult]:
         """Answer every sample, in input order: one :class:`ImageResult` each.
 
         The edge model runs in a worker thread, so the next batch is computed
         while the previous one's payloads are on the wire. ``on_result`` is
-        called (on the event loop) as each image is answered.
+        called (on the event loop) as each image is answered. When ``stop``
+        is set (e.g. by a SIGINT handler) the run ends at once: requests in
+        flight are abandoned and only the images answered so far are returned.
         """
         self.breaker.reset()
         position = {s.index: i for i, s in enumerate(samples)}
@@ -218,40 +178,73 @@ class EdgeClient:
             if on_result is not None:
                 on_result(result)
 
-        skipped: list[Sample] = []
         async with self.http_client() as http:
-            await self._pump(http, self.decide(samples, skipped), finish)
-        for s in skipped:
-            finish(_unreadable_result(s))
-        assert all(r is not None for r in results)
+            await self._pump(http, samples, finish, stop or asyncio.Event())
+        assert (stop is not None and stop.is_set()) or all(r is not None for r in results)
         return [r for r in results if r is not None]
 
-    async def _pump(self, http: httpx.AsyncClient, decisions: Decisions, finish: Finish) -> None:
-        """Feed the edge's decisions to ``concurrency`` workers until every image is answered."""
+    async def _pump(
+        self,
+        http: httpx.AsyncClient,
+        samples: Sequence[Sample],
+        finish: Finish,
+        stop: asyncio.Event,
+    ) -> None:
+        """Feed the edge's decisions to ``concurrency`` workers until every image is answered.
+
+        Ends early when ``stop`` is set; a failure of the feeder or of a
+        worker (``finish`` raised) cancels the others and is raised here.
+        """
         queue: asyncio.Queue[EdgeDecision | None] = asyncio.Queue(
             maxsize=2 * self.config.concurrency
         )
+        skipped: list[Sample] = []
+        decisions = self.decide(samples, skipped)
         ready = asyncio.create_task(self._wait_for_server(http))
-        workers = [
-            asyncio.create_task(self._worker(http, queue, finish, ready))
-            for _ in range(self.config.concurrency)
-        ]
+        stopped = asyncio.create_task(stop.wait())
+        running = {
+            asyncio.create_task(self._feed(decisions, skipped, queue, finish)),
+            *(
+                asyncio.create_task(self._worker(http, queue, finish, ready))
+                for _ in range(self.config.concurrency)
+            ),
+        }
+        everything = (*running, ready, stopped)
         try:
-            while (batch := await asyncio.to_thread(next, decisions, None)) is not None:
-                for d in batch:
-                    if d.transmit:
-                        await queue.put(d)
-                    else:
-                        finish(_edge_result(self.edge, d, "edge"))
-            for _ in workers:
-                await queue.put(None)
-            await asyncio.gather(*workers)
+            while running and not stopped.done():
+                done, _ = await asyncio.wait({*running, stopped}, return_when="FIRST_COMPLETED")
+                for task in done - {stopped}:
+                    task.result()  # raises what ended it, if anything did
+                running -= done
         finally:
-            for task in (*workers, ready):
+            for task in everything:
                 task.cancel()
-            await asyncio.gather(*workers, ready, return_exceptions=True)
+            await asyncio.gather(*everything, return_exceptions=True)
             with contextlib.suppress(ValueError):  # still running in its thread
                 decisions.close()
+
+    async def _feed(
+        self,
+        decisions: Decisions,
+        skipped: list[Sample],
+        queue: asyncio.Queue[EdgeDecision | None],
+        finish: Finish,
+    ) -> None:
+        """Answer the kept images, queue the transmitted ones, then one None per worker."""
+        unreadable = 0  # of skipped, already answered
+        while (batch := await asyncio.to_thread(next, decisions, None)) is not None:
+            for d in batch:
+                if d.transmit:
+                    await queue.put(d)
+                else:
+                    finish(_edge_result(self.edge, d, "edge"))
+            for s in skipped[unreadable:]:
+                finish(_unreadable_result(s))
+            unreadable = len(skipped)
+        for s in skipped[unreadable:]:
+            finish(_unreadable_result(s))
+        for _ in range(self.config.concurrency):
+            await queue.put(None)
 
     async def _worker(
         self,

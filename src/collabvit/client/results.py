@@ -1,5 +1,9 @@
 """What the edge client answered: one :class:`ImageResult` per image, as JSONL and a summary.
 
+:class:`JsonlWriter` appends each line as the image is answered (flushed), so
+an interrupted run keeps its answers; :func:`read_jsonl` reads them back
+(``collabvit edge --resume``); :func:`write_jsonl` replaces a file whole.
+
 The summary's accuracy, transmit ratio and communication cost come from
 :func:`collabvit.metrics.summarise`, the function ``collabvit evaluate`` and
 the sweep use, so the edge client reports the same numbers for the same
@@ -9,14 +13,18 @@ decisions; the client adds answers by source, bytes and latency.
 from __future__ import annotations
 
 import json
+import logging
+import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
 from ..metrics import summarise as summarise_metrics
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "FALLBACK_REASONS",
@@ -24,6 +32,8 @@ __all__ = [
     "SOURCES",
     "TRANSMITTED",
     "ImageResult",
+    "JsonlWriter",
+    "read_jsonl",
     "summarise",
     "write_jsonl",
 ]
@@ -77,10 +87,68 @@ class ImageResult:
 
 
 def write_jsonl(results: Sequence[ImageResult], path: str | Path) -> None:
-    """One JSON object per image, in input order."""
-    with open(path, "w") as fh:
+    """One JSON object per image, in the order given; the file is replaced whole.
+
+    Written to a temporary file beside ``path`` and renamed over it, so a
+    reader (or a crash) never sees half of it.
+    """
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as fh:
         for r in results:
             fh.write(json.dumps(r.to_json()) + "\n")
+    os.replace(partial, path)
+
+
+class JsonlWriter:
+    """Appends one JSON line per image as it is answered, flushed at once.
+
+    A run that is interrupted (Ctrl-C, SIGTERM, a crash) leaves every answer
+    given so far on disk; :func:`read_jsonl` reads them back for ``--resume``.
+    """
+
+    def __init__(self, path: str | Path, append: bool = False) -> None:
+        self.path = Path(path)
+        self._fh: IO[str] = open(self.path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        self.written = 0
+
+    def write(self, result: ImageResult) -> None:
+        self._fh.write(json.dumps(result.to_json()) + "\n")
+        self._fh.flush()
+        self.written += 1
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def read_jsonl(path: str | Path) -> list[ImageResult]:
+    """The results in a JSONL file written by :class:`JsonlWriter` or :func:`write_jsonl`.
+
+    Lines that are not a whole result (the torn last line of a killed run)
+    are left out with a warning; a file listed twice keeps its last line.
+    """
+    names = {f.name for f in fields(ImageResult)} - {"index"}
+    by_file: dict[str, ImageResult] = {}
+    torn = 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for line in fh:
+            try:
+                values = json.loads(line)
+                result = ImageResult(**{k: v for k, v in values.items() if k in names})
+            except (ValueError, TypeError, AttributeError, RecursionError):
+                torn += 1
+                continue
+            by_file.pop(result.file, None)
+            by_file[result.file] = result
+    if torn:
+        logger.warning("%s: left out %d line(s) that are not a whole result", path, torn)
+    return list(by_file.values())
 
 
 def summarise(

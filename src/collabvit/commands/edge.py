@@ -5,7 +5,9 @@ uncertain have their selected patches sent to the server (collabvit serve).
 With the raw codec the predictions equal `collabvit evaluate`'s at the same
 models and operating point. If the server cannot answer, the image keeps the
 edge's prediction (source edge-fallback): every image gets an answer. Writes
-one JSON line per image, in input order, to --out. With --baseline-bytes the
+one JSON line per image to --out as it is answered, and the whole file in
+input order at the end; SIGINT or SIGTERM ends the run early with what was
+answered (--resume answers the rest). With --baseline-bytes the
 summary also compares the bytes sent with uploading every whole image as a
 JPEG q90 file (a measurement, off by default). See docs/serving.md.
 """
@@ -13,15 +15,23 @@ JPEG q90 file (a measurement, off by default). See docs/serving.md.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..cli import add_model_options, add_point_options
 from .serve import _skip_final_gc
 
 if TYPE_CHECKING:
+    from ..client import ClientConfig, EdgeClient, ImageResult
     from ..data import Sample
+
+log = logging.getLogger("collabvit.edge")
 
 HELP = "edge client: classify locally, send uncertain images' patches to a server"
 
@@ -35,7 +45,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", metavar="CSV", help="CSV with file,label columns")
     parser.add_argument("--limit", type=int, metavar="N", help="first N images only")
     parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="edge batch")
-    parser.add_argument("--out", required=True, metavar="FILE.jsonl", help="one line per image")
+    parser.add_argument(
+        "--out",
+        required=True,
+        metavar="FILE.jsonl",
+        help="one line per image, written as each is answered",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the answers already in --out and answer only the other images "
+        "(edge fallbacks are tried again)",
+    )
     net = parser.add_argument_group("server")
     net.add_argument("--server-url", required=True, metavar="URL", help="http://HOST:PORT")
     net.add_argument("--codec", default="raw", choices=("raw", "png", "jpeg"))
@@ -110,15 +131,54 @@ def _samples(args: argparse.Namespace) -> list[Sample]:
 
 
 def run(args: argparse.Namespace) -> int:
+    status = execute(args)
+    _skip_final_gc()
+    return status
+
+
+def execute(args: argparse.Namespace) -> int:
+    """The command, without the fast exit: the exit status (docs/serving.md, Exit status)."""
     from ..cli import load_role, point_from_args, progress_bar
-    from ..client import ClientConfig, EdgeClient, summarise, write_jsonl
+    from ..client import EdgeClient, JsonlWriter, summarise, write_jsonl
 
     if args.threads is not None:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
     point = point_from_args(args)
-    config = ClientConfig(
+    config = _config(args)
+    samples = _samples(args)
+    out = Path(args.out)
+    kept = _resumable(out, samples) if args.resume else []
+    done = {r.file for r in kept}
+    todo = [s for s in samples if s.file not in done]
+    edge = load_role(args, "edge")
+    write_jsonl(kept, out)  # the lines a resumed run keeps (none for a fresh run)
+    with JsonlWriter(out, append=True) as sink, progress_bar(len(todo), "edge") as bar:
+
+        def on_result(result: ImageResult) -> None:
+            sink.write(result)  # on disk (flushed) as soon as it is answered
+            bar.update(1)
+
+        answered, signum = _run_until_signal(EdgeClient(edge, point, config), todo, on_result)
+    results = _in_input_order([*kept, *answered], samples)
+    write_jsonl(results, out)
+    _print_summary(summarise(results, edge.num_patches), results)
+    if signum is not None:
+        print(
+            f"collabvit edge: interrupted ({signal.Signals(signum).name}) with {len(results)} of "
+            f"{len(samples)} images answered, all in {out}: rerun with --resume to answer the "
+            "rest",
+            file=sys.stderr,
+        )
+        return 128 + signum
+    return 0
+
+
+def _config(args: argparse.Namespace) -> ClientConfig:
+    from ..client import ClientConfig
+
+    return ClientConfig(
         server_url=args.server_url,
         codec=args.codec,
         quality=args.quality,
@@ -131,16 +191,70 @@ def run(args: argparse.Namespace) -> int:
         wait_for_server_s=args.wait_for_server,
         full_jpeg_baseline=args.baseline_bytes,
     )
-    samples = _samples(args)
-    edge = load_role(args, "edge")
-    client = EdgeClient(edge, point, config)
-    with progress_bar(len(samples), "edge") as bar:
-        results = client.run(samples, on_result=lambda _r: bar.update(1))
-    write_jsonl(results, args.out)
-    s = summarise(results, edge.num_patches)
+
+
+def _resumable(out: Path, samples: list[Sample]) -> list[ImageResult]:
+    """The answers in ``out`` that a rerun keeps: all but the edge fallbacks (tried again)."""
+    from ..client import read_jsonl
+
+    if not out.is_file():
+        log.info("--resume: %s does not exist yet: answering every image", out)
+        return []
+    previous = read_jsonl(out)
+    kept = [r for r in previous if r.source != "edge-fallback"]
+    wanted = {s.file for s in samples}
+    log.info(
+        "--resume: %d of %d images already answered in %s (%d edge fallback(s) tried again)",
+        sum(r.file in wanted for r in kept),
+        len(samples),
+        out,
+        len(previous) - len(kept),
+    )
+    return kept
+
+
+def _in_input_order(results: list[ImageResult], samples: list[Sample]) -> list[ImageResult]:
+    """Results ordered as the samples; lines for other files (an earlier run's) at the end."""
+    position = {s.file: i for i, s in enumerate(samples)}
+    return sorted(results, key=lambda r: position.get(r.file, len(samples)))
+
+
+def _run_until_signal(
+    client: EdgeClient, samples: list[Sample], on_result: Callable[[ImageResult], None]
+) -> tuple[list[ImageResult], int | None]:
+    """client.arun until done, or until SIGINT/SIGTERM: (the answers, the signal or None)."""
+    caught: list[int] = []
+
+    async def main() -> list[ImageResult]:
+        stop = asyncio.Event()
+
+        def on_signal(signum: int) -> None:
+            caught.append(signum)
+            stop.set()
+
+        loop = asyncio.get_running_loop()
+        previous = {}
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[signum] = signal.getsignal(signum)
+                loop.add_signal_handler(signum, on_signal, signum)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread
+                previous.pop(signum, None)
+        try:
+            return await client.arun(samples, on_result, stop)
+        finally:
+            for signum, handler in previous.items():
+                loop.remove_signal_handler(signum)
+                signal.signal(signum, handler)
+
+    answered = asyncio.run(main())
+    return answered, caught[0] if caught else None
+
+
+def _print_summary(s: dict[str, Any], results: list[ImageResult]) -> None:
     fallbacks = [r for r in results if r.source == "edge-fallback"]
     if fallbacks:
-        logging.getLogger("collabvit.edge").warning(
+        log.warning(
             "%d image(s) answered by the edge because the server did not (first: %s: %s)",
             len(fallbacks),
             fallbacks[0].file,
@@ -157,13 +271,13 @@ def run(args: argparse.Namespace) -> int:
         if full
         else ""
     )
+    reasons = ", ".join(f"{k} {n}" for k, n in s["fallbacks"].items())
     print(
         f"{s['images']} images | accuracy {pct(s['accuracy'])} (edge alone "
         f"{pct(s['edge_accuracy'])}) | transmitted {pct(s['transmit_ratio'])}, communication "
         f"cost {pct(s['communication_cost'])} | "
         f"server {src['server']}, edge {src['edge']}, fallbacks {src['edge-fallback']}"
+        + (f" ({reasons})" if reasons else "")
         + (f", unreadable {src['unreadable']}" if src["unreadable"] else "")
         + f" | sent {s['mean_bytes_per_image']:,.0f} B/image{vs_full}"
     )
-    _skip_final_gc()
-    return 0

@@ -1,0 +1,61 @@
+"""Where and how the edge talks to the server: :class:`ClientConfig`.
+
+Every value is checked when the config is made, so a bad option fails at
+start with one :class:`~collabvit.errors.ConfigError`, before any model loads.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ..errors import ConfigError
+from ..wire import CODECS
+from .http import RetryPolicy
+
+__all__ = ["ClientConfig"]
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Where and how the edge talks to the server."""
+
+    server_url: str  # e.g. http://127.0.0.1:8000
+    codec: str = "raw"  # raw | png | jpeg
+    quality: int = 90  # jpeg quality
+    concurrency: int = 4  # requests in flight
+    timeout_s: float = 30.0  # per network operation (connect, write, each read)
+    deadline_s: float = 10.0  # one image's whole exchange with the server, retries included
+    retries: int = 2  # extra attempts after the first
+    backoff_s: float = 0.2  # delay before the first retry; doubles each retry
+    max_backoff_s: float = 30.0  # cap on any delay, Retry-After included
+    token: str | None = None  # bearer token
+    batch_size: int = 64  # images per edge forward
+    breaker_failures: int = 5  # consecutive failed images that pause the server (0: never)
+    breaker_cooldown_s: float = 5.0  # how long it stays paused
+    full_jpeg_baseline: bool = False  # also measure each original as a JPEG q90 upload
+    wait_for_server_s: float = 0.0  # before the first upload, wait this long for /healthz
+
+    def __post_init__(self) -> None:
+        if not self.server_url.startswith(("http://", "https://")):
+            raise ConfigError(f"server URL {self.server_url!r} must start with http:// or https://")
+        if self.codec not in CODECS:
+            raise ConfigError(f"unknown codec {self.codec!r}: use one of {', '.join(CODECS)}")
+        if not 1 <= self.quality <= 100:
+            raise ConfigError(f"quality must be 1..100, got {self.quality}")
+        if self.concurrency < 1 or self.batch_size < 1:
+            raise ConfigError("concurrency and batch size must be >= 1")
+        if self.retries < 0 or self.breaker_failures < 0:
+            raise ConfigError("retries and breaker failures must be >= 0")
+        for name in ("timeout_s", "deadline_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("backoff_s", "max_backoff_s", "breaker_cooldown_s", "wait_for_server_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        return RetryPolicy(self.retries, self.backoff_s, self.max_backoff_s)
