@@ -214,6 +214,40 @@ def read_until_closed(sock: socket.socket, seconds: float) -> tuple[bytes, float
     return data, None
 
 
+def half_headers(port: int, seconds: float) -> tuple[bytes, float | None]:
+    """Send half a request line and headers, then wait (at most ``seconds``) for the close."""
+    with connect(port) as sock:
+        sock.sendall(b"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+        return read_until_closed(sock, seconds)
+
+
+def half_body(port: int, seconds: float) -> tuple[bytes, float | None]:
+    """Send the headers and 100 of 5,000 body bytes, then wait for the answer and the close."""
+    with connect(port) as sock:
+        sock.sendall(b"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n")
+        sock.sendall(bytes(100))
+        return read_until_closed(sock, seconds)
+
+
+def trickled_headers(port: int, every_s: float) -> tuple[bytes, float | None]:
+    """Send the headers one byte every ``every_s``: each byte is news, the deadline is for all.
+
+    Returns what the server sent and when it closed (None: all bytes sent, still open).
+    """
+    request = b"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
+    start = time.monotonic()
+    with connect(port) as sock:
+        for byte in request:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:  # closed by the server
+                return b"", time.monotonic() - start
+            data, closed = read_until_closed(sock, every_s)
+            if closed is not None:
+                return data, time.monotonic() - start
+    return b"", None
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     crc = zlib.crc32(kind + data)
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)

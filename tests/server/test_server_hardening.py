@@ -26,11 +26,14 @@ from server_support import (
     connect,
     first_photos,
     free_port,
+    half_body,
+    half_headers,
     mask_of,
     metric,
     one_patch_png_message,
     preprocessed,
     read_until_closed,
+    trickled_headers,
 )
 
 from collabvit.models import load_model
@@ -107,9 +110,7 @@ def test_oversized_geometry_and_huge_images_are_refused_before_any_allocation(
 
 
 def _half_headers(port: int) -> tuple[bytes, float | None]:
-    with connect(port) as sock:
-        sock.sendall(b"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
-        return read_until_closed(sock, HEADER_TIMEOUT_S + SLACK_S)
+    return half_headers(port, HEADER_TIMEOUT_S + SLACK_S)
 
 
 def _silent(port: int) -> tuple[bytes, float | None]:
@@ -118,26 +119,11 @@ def _silent(port: int) -> tuple[bytes, float | None]:
 
 
 def _trickled_headers(port: int) -> tuple[bytes, float | None]:
-    """One header byte every 0.2 s: each byte is news, but the deadline is for all of them."""
-    request = b"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n"
-    start = time.monotonic()
-    with connect(port) as sock:
-        for byte in request:
-            try:
-                sock.sendall(bytes([byte]))
-            except OSError:  # closed by the server
-                return b"", time.monotonic() - start
-            data, closed = read_until_closed(sock, 0.2)
-            if closed is not None:
-                return data, time.monotonic() - start
-    return b"", None
+    return trickled_headers(port, 0.2)
 
 
 def _half_body(port: int) -> tuple[bytes, float | None]:
-    with connect(port) as sock:
-        sock.sendall(b"POST /v1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5000\r\n\r\n")
-        sock.sendall(bytes(100))
-        return read_until_closed(sock, BODY_TIMEOUT_S + SLACK_S)
+    return half_body(port, BODY_TIMEOUT_S + SLACK_S)
 
 
 def test_half_sent_requests_are_closed_and_normal_clients_are_still_answered(
@@ -168,6 +154,18 @@ def test_half_sent_requests_are_closed_and_normal_clients_are_still_answered(
     with httpx.Client(base_url=server.url, timeout=10) as client:
         text = client.get("/metrics").text
     assert metric(text, "collabvit_requests_total", endpoint="/v1/infer", outcome="timeout") >= 1
+
+
+def test_an_idle_keep_alive_connection_is_not_held_to_the_header_deadline(
+    server: ServeProcess, payload: bytes
+) -> None:
+    """Idle time between requests is the keep-alive timeout's (5 s), not the header deadline's."""
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        first = client.post("/v1/infer", content=payload)
+        time.sleep(HEADER_TIMEOUT_S + 0.5)  # idle, on the same connection
+        second = client.post("/v1/infer", content=payload)
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert first.extensions["network_stream"] is second.extensions["network_stream"]
 
 
 def _wait_for_metric(server: ServeProcess, outcome: str, count: float) -> str:

@@ -5,10 +5,12 @@ byte a second) would hold the connection for ever: uvicorn's keep-alive
 timeout runs only between requests, and any byte received cancels it. An ASGI
 app never sees such a request (it is called once the headers are complete),
 so this deadline lives in the protocol: from the moment the connection opens,
-and again from the end of each answer (keep-alive), the next request's line
-and headers must be complete within ``header_timeout_s``, or the connection is
-closed. The body's own deadline is the app's (``ServerConfig.body_timeout_s``,
-answered 408).
+and from the first byte after each answer (an idle keep-alive connection is
+uvicorn's ``timeout_keep_alive``), the request line and headers must be
+complete within ``header_timeout_s``, or the connection is closed. Bytes of
+a body the app answered without reading count as the next request's. The
+body's own deadline is the app's (``ServerConfig.body_timeout_s``, answered
+408).
 
 ``collabvit serve`` passes :func:`http_protocol` to ``uvicorn.Config(http=...)``.
 """
@@ -42,15 +44,11 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def data_received(self, data: bytes) -> None:
         cycle = self.cycle
+        if self._header_timer is None and (cycle is None or cycle.response_complete):
+            self._await_headers()  # the first byte after an answer: the next request begins
         super().data_received(data)
         if self.cycle is not cycle:  # a request's headers are complete: the app takes over
             self._stop_waiting()
-
-    def on_response_complete(self) -> None:
-        cycle = self.cycle
-        super().on_response_complete()
-        if self.cycle is cycle and not self.transport.is_closing():
-            self._await_headers()  # the next request on this connection (keep-alive)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_waiting()
