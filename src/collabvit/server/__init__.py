@@ -24,7 +24,11 @@ fill). Its queue is bounded: a full queue answers 503 with ``Retry-After``. On
 shutdown (uvicorn's graceful shutdown after SIGTERM) requests already accepted
 are finished before the batcher stops. :class:`ServerMetrics` (:mod:`.metrics`)
 is one of its :class:`BatcherCallbacks`; :func:`create_app` (:mod:`.app`) wires
-it all to HTTP.
+it all to HTTP. The limits (header and body deadlines, concurrent decodes,
+the geometry checked from the wire header before any allocation, body,
+pixel and decoded-byte caps, the token charset) are in docs/serving.md,
+Limits; :mod:`.protocol` holds the header deadline, :mod:`.framing` the
+refusal of ambiguous body framing.
 
 ``ImageTooLarge`` and ``QueueFullError`` are the former names of
 :class:`~collabvit.errors.PayloadTooLarge` and :class:`~collabvit.errors.ServerBusy`.
