@@ -422,3 +422,55 @@ def test_sigint_keeps_every_answer_and_resume_answers_each_image_exactly_once(
         assert by_file[str(line["file"])] == line  # kept as they were
     assert {line["source"] for line in final} == {"server"}
     assert f"{len(every)} images" in summary
+
+
+# ----------------------------------------------------------------------------- exit status
+
+
+class Refusing(SlowPredictions):
+    """Answers every POST 401, as a server with another token does."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        body = b'{"error": "missing or wrong bearer token"}'
+        self.send_response(401)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def test_exit_status_2_for_a_bad_token_and_1_for_a_refused_one(
+    small_pair: tuple[Path, Path], photo_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 16 item 9: a wrong token used to exit 0 with a summary that read like success."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refusing)
+    thread = threading.Thread(target=server.serve_forever, name="refusing-server")
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    common = ["edge", "--edge", str(small_pair[0]), "--server-url", url, str(photo_dir),
+              "--measure", "none", "--limit", "3", "--threads", "1"]  # fmt: skip
+    try:
+        usage = start(*common, "--token", "", "--out", str(tmp_path / "usage.jsonl"))
+        refused = start(*common, "--token", "wrong", "--out", str(tmp_path / "refused.jsonl"))
+        outputs = [p.communicate(timeout=RUN_TIMEOUT_S) for p in (usage, refused)]
+    finally:
+        for p in (usage, refused):
+            if p.poll() is None:
+                p.kill()
+        server.shutdown()
+        server.server_close()
+        thread.join(30)
+    (_, usage_err), (refused_out, refused_err) = outputs
+    assert usage.returncode == 2, usage_err[-3000:]
+    expected = (
+        "collabvit edge: error: --token is empty: give the server's token, or none for a "
+        "server without one"
+    )
+    assert usage_err.strip() == expected  # one line, no traceback
+    assert not (tmp_path / "usage.jsonl").exists()
+    assert refused.returncode == 1, refused_err[-3000:]
+    errors = [x for x in refused_err.splitlines() if x.startswith("collabvit edge: error:")]
+    assert len(errors) == 1 and "refused 3 of 3" in errors[0] and "401" in errors[0]
+    assert "3 images" in refused_out  # the summary still comes
+    assert len((tmp_path / "refused.jsonl").read_text().splitlines()) == 3

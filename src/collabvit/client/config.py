@@ -13,7 +13,31 @@ from ..errors import ConfigError
 from ..wire import CODECS
 from .http import RetryPolicy
 
-__all__ = ["ClientConfig"]
+__all__ = ["ClientConfig", "check_token"]
+
+TOKEN_CHARS = frozenset(chr(c) for c in range(0x21, 0x7F))
+"""A bearer token's characters: printable ASCII without spaces (``!`` to ``~``)."""
+
+
+def check_token(token: str, source: str = "token") -> str:
+    """``token`` if it can be a bearer token; a one-line ConfigError naming ``source`` otherwise.
+
+    An empty token would silently mean "no authentication", and a character
+    outside :data:`TOKEN_CHARS` cannot be sent in an HTTP header (or never
+    matches on the server), so both are refused. The token itself is never
+    put in the message.
+    """
+    if not token:
+        raise ConfigError(
+            f"{source} is empty: give the server's token, or none for a server without one"
+        )
+    bad = next((i for i, ch in enumerate(token) if ch not in TOKEN_CHARS), None)
+    if bad is not None:
+        raise ConfigError(
+            f"{source} must be printable ASCII without spaces (! to ~); character {bad + 1} "
+            f"of {len(token)} is not"
+        )
+    return token
 
 
 @dataclass(frozen=True)
@@ -29,7 +53,7 @@ class ClientConfig:
     retries: int = 2  # extra attempts after the first
     backoff_s: float = 0.2  # delay before the first retry; doubles each retry
     max_backoff_s: float = 30.0  # cap on any delay, Retry-After included
-    token: str | None = None  # bearer token
+    token: str | None = None  # bearer token: printable ASCII without spaces (None: no auth)
     batch_size: int = 64  # images per edge forward
     breaker_failures: int = 5  # consecutive failed images that pause the server (0: never)
     breaker_cooldown_s: float = 5.0  # how long it stays paused
@@ -37,6 +61,8 @@ class ClientConfig:
     wait_for_server_s: float = 0.0  # before the first upload, wait this long for /healthz
 
     def __post_init__(self) -> None:
+        if self.token is not None:
+            check_token(self.token)
         if not self.server_url.startswith(("http://", "https://")):
             raise ConfigError(f"server URL {self.server_url!r} must start with http:// or https://")
         if self.codec not in CODECS:

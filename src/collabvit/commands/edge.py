@@ -79,6 +79,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="bearer token (default: $COLLABVIT_TOKEN)",
     )
     net.add_argument(
+        "--fail-on-fallback",
+        action="store_true",
+        help="exit 1 when any image fell back to the edge (default: only when the server "
+        "refused images, 4xx, or answered none)",
+    )
+    net.add_argument(
         "--wait-for-server",
         type=float,
         default=0.0,
@@ -146,7 +152,7 @@ def execute(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(max(1, args.threads))
     point = point_from_args(args)
-    config = _config(args)
+    config = _config(args)  # a bad token or option fails here, before any work
     samples = _samples(args)
     out = Path(args.out)
     kept = _resumable(out, samples) if args.resume else []
@@ -172,6 +178,10 @@ def execute(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 128 + signum
+    failure = _failure(results, args.fail_on_fallback)
+    if failure is not None:
+        print(f"collabvit edge: error: {failure} (answers in {out})", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -186,11 +196,47 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         timeout_s=args.timeout,
         deadline_s=args.deadline,
         retries=args.retries,
-        token=args.token or os.environ.get("COLLABVIT_TOKEN") or None,
+        token=_token(args),
         batch_size=args.batch_size,
         wait_for_server_s=args.wait_for_server,
         full_jpeg_baseline=args.baseline_bytes,
     )
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """--token, else $COLLABVIT_TOKEN, else None; an empty or non-ASCII one is a usage error."""
+    from ..client.config import check_token
+
+    if args.token is not None:
+        return check_token(args.token, "--token")
+    if "COLLABVIT_TOKEN" in os.environ:
+        return check_token(os.environ["COLLABVIT_TOKEN"], "COLLABVIT_TOKEN")
+    return None
+
+
+def _failure(results: list[ImageResult], fail_on_fallback: bool) -> str | None:
+    """Why the run failed (exit status 1), in one line; None when it did not.
+
+    It failed when the server refused an image (a 4xx but 429: wrong token,
+    geometry, size; see NON_TRANSIENT), when it answered none of the images
+    sent (dead, or not a collabvit server), or, with --fail-on-fallback,
+    when any image fell back.
+    """
+    from ..client.results import NON_TRANSIENT
+
+    sent = [r for r in results if r.source in ("server", "edge-fallback")]
+    fallbacks = [r for r in sent if r.source == "edge-fallback"]
+    refused = [r for r in fallbacks if r.fallback in NON_TRANSIENT]
+    if refused:
+        why, first = f"the server refused {len(refused)} of {len(sent)} images sent", refused[0]
+    elif fallbacks and len(fallbacks) == len(sent):
+        why, first = f"the server answered none of the {len(sent)} images sent", fallbacks[0]
+    elif fallbacks and fail_on_fallback:
+        why = f"{len(fallbacks)} of {len(sent)} images sent fell back to the edge"
+        why, first = why + " (--fail-on-fallback)", fallbacks[0]
+    else:
+        return None
+    return f"{why}; first {first.file}: {first.error}"
 
 
 def _resumable(out: Path, samples: list[Sample]) -> list[ImageResult]:
