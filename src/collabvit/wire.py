@@ -595,5 +595,8 @@ def _file_bytes(image: Image.Image | UInt8Array, fmt: str, quality: int = 0) -> 
         hwc = image.transpose(1, 2, 0)  # (H, W, C)
         image = Image.fromarray(np.ascontiguousarray(hwc[..., 0] if image.shape[0] == 1 else hwc))
     out, jpeg = io.BytesIO(), {"quality": quality, "subsampling": _JPEG_SUBSAMPLING}
-    image.save(out, format=fmt.upper(), optimize=True, **(jpeg if fmt == "jpeg" else {}))
+    try:
+        image.save(out, format=fmt.upper(), optimize=True, **(jpeg if fmt == "jpeg" else {}))
+    except Exception as exc:  # e.g. OSError "broken data stream" on JPEG of 224x224 noise
+        raise WireError(f"Pillow could not write {fmt} ({type(exc).__name__}: {exc})") from exc
     return out.getvalue()

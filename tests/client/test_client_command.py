@@ -11,11 +11,12 @@ refusal) or a server that answered nothing is exit 1 with one line on stderr;
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 
 import pytest
-from client_support import HostileServer, answering, free_port
+from client_support import HostileServer, RawRequest, answering, free_port
 
 from collabvit.commands import edge as edge_command
 from collabvit.errors import ConfigError
@@ -84,7 +85,7 @@ def test_transient_fallbacks_are_exit_0_unless_fail_on_fallback(
     busy = answering(503, b'{"error": "queue full"}', Retry_After="0")
     good = answering(200, GOOD)
 
-    async def first_image_busy(request, writer):  # type: ignore[no-untyped-def]
+    async def first_image_busy(request: RawRequest, writer: asyncio.StreamWriter) -> None:
         nonlocal calls
         calls += 1
         await (busy if calls <= 2 else good)(request, writer)  # the first image: 503 twice

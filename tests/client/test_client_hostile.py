@@ -9,16 +9,22 @@ so a client that hangs fails the test instead of hanging it.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 from client_support import HostileServer, RawRequest, Respond, answering, http_response
+from PIL import Image
 
 from collabvit.client import ClientConfig, EdgeClient, ImageResult, summarise
 from collabvit.data import Sample, discover
 from collabvit.engine import OperatingPoint
+from collabvit.errors import WireError
 from collabvit.models import LoadedModel, load_model
+from collabvit.wire import encode
 
 RUN_LIMIT_S = 60.0
 SEND_ALL = OperatingPoint(measure="none")  # the gate sends every image
@@ -35,12 +41,16 @@ def samples(photo_dir: Path) -> list[Sample]:
 
 
 def run_bounded(
-    edge: LoadedModel, config: ClientConfig, samples: list[Sample], limit_s: float = RUN_LIMIT_S
+    edge: LoadedModel,
+    config: ClientConfig,
+    samples: list[Sample],
+    limit_s: float = RUN_LIMIT_S,
+    point: OperatingPoint = SEND_ALL,
 ) -> list[ImageResult]:
     """EdgeClient.arun, failed (not hung) when it takes longer than ``limit_s``."""
 
     async def main() -> list[ImageResult]:
-        client = EdgeClient(edge, SEND_ALL, config)
+        client = EdgeClient(edge, point, config)
         return await asyncio.wait_for(client.arun(samples), limit_s)
 
     return asyncio.run(main())
@@ -170,3 +180,40 @@ def test_a_stop_ends_the_run_with_the_answers_given_so_far(
     assert [r.file for r in results] == [r.file for r in seen] == [s.file for s in samples[:2]]
     assert all(r.source == "server" for r in results)
     assert elapsed < 0.3 * len(samples)  # it did not wait for the other images
+
+
+# ----------------------------------------------------------------------------- item 10
+
+
+def test_a_picture_the_codec_cannot_encode_is_sent_raw_and_counted(
+    model_json_writer: Callable[..., Path], photo_dir: Path, tmp_path: Path
+) -> None:
+    """Pillow raises ``OSError: broken data stream`` on JPEG q90 of 224x224 noise: today
+    that ends the run. Now the image goes out with the raw codec and is counted."""
+    vit = {"img_size": 224, "patch_size": 16, "embed_dim": 32, "depth": 1, "num_heads": 2}
+    edge = load_model(str(model_json_writer(tmp_path, "edge-224", seed=4, **vit)))
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    noise = np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(folder / "noise.png")  # 256 * 0.875 = 224: cropped, not resized
+    photo = sorted(photo_dir.glob("*.JPEG"))[0]
+    shutil.copy(photo, folder / photo.name)
+    samples, _ = discover(folder)
+    every_patch = OperatingPoint(measure="none", rule="all")
+    with HostileServer(answering(200, valid_answer(1))) as server:
+        config = ClientConfig(server.url, codec="jpeg", quality=90, full_jpeg_baseline=True)
+        results = run_bounded(edge, config, samples, point=every_patch)
+        codec_ids = sorted(request.body[5] for request in server.requests)  # byte 5: codec id
+    by_file = {r.file: r for r in results}
+    assert [r.source for r in results] == ["server", "server"]
+    noisy, plain = by_file["noise.png"], by_file[photo.name]
+    assert (noisy.codec, plain.codec) == ("raw", "jpeg")
+    assert "jpeg" in (noisy.codec_error or "") and plain.codec_error is None
+    assert noisy.bytes_sent > 196 * 16 * 16 * 3  # the raw patches
+    assert noisy.full_jpeg_bytes is None and (plain.full_jpeg_bytes or 0) > 0
+    assert codec_ids == [0, 2]  # raw, jpeg
+    assert summarise(results)["codec_fallbacks"] == 1
+    # the codec itself raises only WireError (here Pillow's OSError, wrapped)
+    crop = noise[16:240, 16:240].transpose(2, 0, 1)  # (3, 224, 224)
+    with pytest.raises(WireError, match="broken data stream"):
+        encode(np.ascontiguousarray(crop), np.ones(196, dtype=bool), 16, "jpeg", 90)

@@ -25,9 +25,11 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
+import numpy.typing as npt
 
 from ..data import Sample, iter_batches, load_image
-from ..errors import ServerError
+from ..errors import ServerError, WireError
 from ..models import LoadedModel
 from ..pipeline import OperatingPoint, decide_on_edge
 from ..wire import encode, full_image_bytes
@@ -56,6 +58,8 @@ class EdgeDecision:
     num_patches: int  # selected patches (0 when kept on the edge)
     payload: bytes | None  # the wire message (None when kept on the edge)
     full_jpeg_bytes: int | None = None  # the whole original as JPEG q90 (opt-in baseline)
+    codec: str | None = None  # the payload's codec (None when kept on the edge)
+    codec_error: str | None = None  # why the configured codec was not used (then raw)
 
 
 class EdgeClient:
@@ -102,10 +106,10 @@ class EdgeClient:
             decisions = []
             for j, sample in enumerate(batch.samples):
                 mask = masks.get(j)
-                payload = None
+                payload, codec, codec_error = None, None, None
                 if mask is not None:
                     image = batch.pixels[j].numpy()  # (C, H, W) uint8
-                    payload = encode(image, mask, edge.patch_size, cfg.codec, cfg.quality)
+                    payload, codec, codec_error = self._encode(sample, image, mask)
                 full = whole_jpeg_bytes(sample, edge) if cfg.full_jpeg_baseline else None
                 decisions.append(
                     EdgeDecision(
@@ -116,9 +120,31 @@ class EdgeClient:
                         0 if mask is None else int(mask.sum()),
                         payload,
                         full,
+                        codec,
+                        codec_error,
                     )
                 )
             yield decisions
+
+    def _encode(
+        self, sample: Sample, image: npt.NDArray[np.uint8], mask: npt.NDArray[np.bool_]
+    ) -> tuple[bytes, str, str | None]:
+        """(message, codec, why not the configured codec): raw when that codec fails.
+
+        Pillow cannot write some pictures (JPEG of high-entropy content raises
+        ``broken data stream``); such an image is sent with the lossless raw
+        codec rather than stopping the run, and counted (``codec_fallbacks``).
+        """
+        cfg, patch = self.config, self.edge.patch_size
+        try:
+            return encode(image, mask, patch, cfg.codec, cfg.quality), cfg.codec, None
+        except WireError as exc:
+            if cfg.codec == "raw":
+                raise
+            logger.warning(
+                "%s: %s codec failed, sending raw patches: %s", sample.file, cfg.codec, exc
+            )
+            return encode(image, mask, patch, "raw", 0), "raw", f"{cfg.codec}: {exc}"
 
     # ------------------------------------------------------------------ server side
 
@@ -313,16 +339,20 @@ class EdgeClient:
 
 
 def whole_jpeg_bytes(sample: Sample, edge: LoadedModel) -> int | None:
-    """The baseline: bytes of the whole original image as one JPEG q90 upload (None: unreadable).
+    """The baseline: bytes of the whole original as one JPEG q90 (None: unreadable, unencodable).
 
     A measurement, not part of the method; :class:`EdgeClient` runs it only with
     ``ClientConfig(full_jpeg_baseline=True)`` (``collabvit edge --baseline-bytes``).
     """
-    if sample.array is not None:
-        return full_image_bytes(sample.array, "jpeg", 90)
-    assert sample.path is not None
-    image = load_image(sample.path, edge.preprocessing.channels)
-    return None if image is None else full_image_bytes(image, "jpeg", 90)
+    try:
+        if sample.array is not None:
+            return full_image_bytes(sample.array, "jpeg", 90)
+        assert sample.path is not None
+        image = load_image(sample.path, edge.preprocessing.channels)
+        return None if image is None else full_image_bytes(image, "jpeg", 90)
+    except WireError as exc:  # Pillow could not write it (e.g. noise): no baseline for it
+        logger.debug("%s: no whole-JPEG baseline: %s", sample.file, exc)
+        return None
 
 
 def _edge_result(
@@ -347,6 +377,8 @@ def _edge_result(
         edge_prediction=d.edge_pred,
         attempts=attempts,
         full_jpeg_bytes=d.full_jpeg_bytes,
+        codec=d.codec,
+        codec_error=d.codec_error,
         error=error,
         fallback=fallback,
         index=s.index,

@@ -76,6 +76,8 @@ class ImageResult:
     server_ms: float | None = None
     attempts: int = 0  # HTTP attempts made
     full_jpeg_bytes: int | None = None  # the whole original as JPEG q90 (opt-in baseline)
+    codec: str | None = None  # the payload's codec (None when kept on the edge)
+    codec_error: str | None = None  # why the configured codec was not used (then raw)
     error: str | None = None  # why the server did not answer (edge-fallback)
     fallback: str | None = None  # that reason's FALLBACK_REASONS key (edge-fallback)
     index: int = field(default=-1, repr=False)
@@ -185,6 +187,7 @@ def summarise(
         "mean_bytes_per_image": summary.bytes_per_image,
         "mean_full_jpeg_bytes": sum(full) / len(full) if full else None,
         "mean_rtt_ms": _mean([r.rtt_ms for r in answered if r.rtt_ms is not None]),
+        "codec_fallbacks": sum(r.codec_error is not None for r in results),
         "fallbacks": {
             reason: n
             for reason in FALLBACK_REASONS

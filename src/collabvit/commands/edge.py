@@ -325,5 +325,6 @@ def _print_summary(s: dict[str, Any], results: list[ImageResult]) -> None:
         f"server {src['server']}, edge {src['edge']}, fallbacks {src['edge-fallback']}"
         + (f" ({reasons})" if reasons else "")
         + (f", unreadable {src['unreadable']}" if src["unreadable"] else "")
+        + (f", sent raw (codec failed) {s['codec_fallbacks']}" if s["codec_fallbacks"] else "")
         + f" | sent {s['mean_bytes_per_image']:,.0f} B/image{vs_full}"
     )
