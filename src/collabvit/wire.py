@@ -24,8 +24,8 @@ from PIL import Image
 from .errors import WireError
 
 __all__ = ["CODECS", "DEFAULT_MAX_BYTES", "HEADER_SIZE", "MAGIC", "MAX_CANVAS_PIXELS"]
-__all__ += ["WIRE_VERSION", "Codec", "Geometry", "Payload", "decode", "encode"]
-__all__ += ["full_image_bytes", "get_codec", "payload_bits"]
+__all__ += ["WIRE_VERSION", "Codec", "Geometry", "Payload", "decode", "encode", "full_image_bytes"]
+__all__ += ["get_codec", "payload_bits"]
 
 UInt8Array: TypeAlias = npt.NDArray[np.uint8]
 BoolArray: TypeAlias = npt.NDArray[np.bool_]
@@ -38,8 +38,7 @@ MAX_CANVAS_PIXELS: Final = 8192 * 8192  # largest H * W a message may declare
 _HEADER: Final = struct.Struct("<4sBBBBBHHHI")
 HEADER_SIZE: Final = _HEADER.size  # the fixed header: 19 bytes
 _CRC: Final = struct.Struct("<I")
-_CRC_SIZE: Final = _CRC.size
-_MIN_MESSAGE: Final = HEADER_SIZE + 1 + _CRC_SIZE  # header, 1-byte mask, no payload, CRC
+_MIN_MESSAGE: Final = HEADER_SIZE + 1 + _CRC.size  # header, 1-byte mask, no payload, CRC
 _U16_MAX: Final = 0xFFFF
 _PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
 _JPEG_SOF: Final = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOFn, not DHT/JPG/DAC
@@ -76,8 +75,7 @@ class Codec:
         wire_id: The header's codec id byte, 0..255: never renumber or reuse one.
         encode_body: ``(selected (k, C, P, P) uint8, quality) -> payload bytes``.
         decode_body: ``(payload, k, C, P) -> (k, C, P, P) uint8``, or WireError.
-        lossless: Decoding gives back the exact pixels.
-        takes_quality: The quality byte is 1..100 (else 0).
+        lossless, takes_quality: Decoding gives the exact pixels; the quality byte is 1..100.
     """
 
     name: str
@@ -349,7 +347,7 @@ def decode(
         if size < _MIN_MESSAGE:  # check 2
             raise WireError(
                 f"payload too short: {size} bytes, but a message has at least {_MIN_MESSAGE} "
-                f"({HEADER_SIZE}-byte header, 1-byte mask, {_CRC_SIZE}-byte CRC); "
+                f"({HEADER_SIZE}-byte header, 1-byte mask, {_CRC.size}-byte CRC); "
                 "it was truncated, resend the complete message"
             )
         return _decode(data.tobytes() if isinstance(data, memoryview) else bytes(data), expect)
@@ -458,7 +456,7 @@ def _read_geometry(c: int, p: int, h: int, w: int) -> Geometry:
 def _read_body(buf: bytes, declared: int, n: int) -> bytes:
     """Checks 10-11: room for the mask, declared against actual length, CRC32."""
     size, mask_len = len(buf), (n + 7) // 8
-    actual = size - HEADER_SIZE - mask_len - _CRC_SIZE
+    actual = size - HEADER_SIZE - mask_len - _CRC.size
     if actual < 0:
         raise WireError(
             f"payload truncated: {size} bytes cannot hold the header, the {mask_len}-byte "
@@ -469,14 +467,14 @@ def _read_body(buf: bytes, declared: int, n: int) -> bytes:
             f"declared payload length {declared} disagrees with the actual payload "
             f"length {actual}: the message was truncated or extended, resend it"
         )
-    stored_crc = _CRC.unpack_from(buf, size - _CRC_SIZE)[0]
-    crc = zlib.crc32(memoryview(buf)[: size - _CRC_SIZE])
+    stored_crc = _CRC.unpack_from(buf, size - _CRC.size)[0]
+    crc = zlib.crc32(memoryview(buf)[: size - _CRC.size])
     if crc != stored_crc:
         raise WireError(
             f"CRC mismatch: stored 0x{stored_crc:08x}, computed 0x{crc:08x}; "
             "the message was corrupted on the way, resend it"
         )
-    return buf[HEADER_SIZE + mask_len : size - _CRC_SIZE]
+    return buf[HEADER_SIZE + mask_len : size - _CRC.size]
 
 
 def _read_mask(buf: bytes, geometry: Geometry) -> BoolArray:
@@ -565,7 +563,7 @@ def _to_patches(image: UInt8Array, p: int) -> UInt8Array:
     """Cut a (C, H, W) image into (N, C, P, P) patches, row-major."""
     c, h, w = image.shape
     grid = np.transpose(image.reshape(c, h // p, p, w // p, p), (1, 3, 0, 2, 4))
-    return grid.reshape((h // p) * (w // p), c, p, p)
+    return grid.reshape(-1, c, p, p)
 
 
 def _from_patches(patches: UInt8Array, grid_h: int, grid_w: int) -> UInt8Array:
@@ -595,8 +593,8 @@ def _file_bytes(image: Image.Image | UInt8Array, fmt: str, quality: int = 0) -> 
         hwc = image.transpose(1, 2, 0)  # (H, W, C)
         image = Image.fromarray(np.ascontiguousarray(hwc[..., 0] if image.shape[0] == 1 else hwc))
     out, jpeg = io.BytesIO(), {"quality": quality, "subsampling": _JPEG_SUBSAMPLING}
-    try:
+    try:  # any failure is a WireError, e.g. OSError "broken data stream" on JPEG of noise
         image.save(out, format=fmt.upper(), optimize=True, **(jpeg if fmt == "jpeg" else {}))
-    except Exception as exc:  # e.g. OSError "broken data stream" on JPEG of 224x224 noise
+        return out.getvalue()
+    except Exception as exc:
         raise WireError(f"Pillow could not write {fmt} ({type(exc).__name__}: {exc})") from exc
-    return out.getvalue()
