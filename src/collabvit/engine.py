@@ -24,7 +24,7 @@ import torch
 
 from . import wire
 from .data import Sample, iter_batches
-from .errors import DataError
+from .errors import DataError, WireError
 from .metrics import RECORD_FIELDS, ImageRecord, make_record, summarise_records
 from .models import LoadedModel
 from .pipeline import (
@@ -107,10 +107,20 @@ def wire_bytes(
     pixels: torch.Tensor, keep_mask: Any, patch_size: int, codec: str, quality: int = 90
 ) -> int:
     """Bytes of one image's selected patches on the wire (header, mask, payload, CRC)."""
-    payload = wire.encode(
-        pixels.cpu().numpy(), np.asarray(keep_mask, dtype=bool), patch_size, codec, quality
-    )
-    return len(payload)
+    px, mask = pixels.cpu().numpy(), np.asarray(keep_mask, dtype=bool)
+    try:
+        return len(wire.encode(px, mask, patch_size, codec, quality))
+    except WireError:  # Pillow cannot write it (e.g. JPEG of noise): the edge sends raw
+        logger.warning("%s could not encode an image's patches: counted as raw", codec)
+        return len(wire.encode(px, mask, patch_size, "raw", 0))
+
+
+def _file_size(hwc: np.ndarray, fmt: str) -> int:
+    """Bytes of the whole image as one JPEG (q90) or PNG file; raw pixels if Pillow fails."""
+    try:
+        return wire.full_image_bytes(hwc, fmt, 90)
+    except WireError:
+        return int(hwc.size)
 
 
 @dataclass
@@ -146,8 +156,8 @@ def _batch_records(
                 sizes[row] = wire_bytes(pixels[row], sel.keep_mask[j], patch, codec, quality)
     if codec is not None:
         for j in range(b):
-            totals.full_jpeg += wire.full_image_bytes(_hwc(pixels[j]), "jpeg", 90)
-            totals.full_png += wire.full_image_bytes(_hwc(pixels[j]), "png")
+            totals.full_jpeg += _file_size(_hwc(pixels[j]), "jpeg")
+            totals.full_png += _file_size(_hwc(pixels[j]), "png")
     return [
         make_record(
             s,

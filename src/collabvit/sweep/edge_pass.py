@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from .. import wire
 from ..data import Batch, iter_batches
-from ..errors import DataError
+from ..errors import DataError, WireError
 from ..gating import MEASURES, get_measure, transmit_mask, uncertainty
 from ..models import forward_with_scores
 from .cache import CACHE_VERSION, Arrays
@@ -127,7 +127,11 @@ def _run_batch(ctx: SweepContext, todo: _Todo, batch: Batch, parts: _Parts) -> N
         for i in range(len(batch.samples)):
             hwc = batch.pixels[i].permute(1, 2, 0).numpy()
             for name, fmt in FULL_IMAGE_FILES:
-                parts.sizes.setdefault(name, []).append(wire.full_image_bytes(hwc, fmt, 90))
+                try:
+                    size = wire.full_image_bytes(hwc, fmt, 90)
+                except WireError:  # Pillow cannot write it: the upload is the raw pixels
+                    size = int(hwc.size)
+                parts.sizes.setdefault(name, []).append(size)
 
 
 def _cat(parts: list[npt.NDArray[Any]], dtype: Any, width: int | None = None) -> npt.NDArray[Any]:

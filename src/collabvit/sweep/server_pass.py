@@ -13,6 +13,7 @@ planned.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,13 +24,15 @@ import torch
 
 from .. import wire
 from ..data import iter_batches
-from ..errors import DataError
+from ..errors import DataError, WireError
 from ..models import forward_subset
 from ..selection import select_patches
 from .cache import Arrays
 from .context import SweepContext
 from .edge_pass import EdgeData
 from .grid import EDGE, WHOLE_IMAGE, GridPoint, SelectionKey
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SAVE_EVERY_S", "SelectionData", "bytes_key", "run_server_pass", "selection_needs"]
 
@@ -206,7 +209,12 @@ def _run_chunk(
         for uid in uids:
             px = pixels[plan.local_rows[uid]].numpy()
             patch = ctx.edge.patch_size
-            nbytes[uid] = len(wire.encode(px, plan.masks[uid], patch, ctx.codec, ctx.quality))
+            try:
+                message = wire.encode(px, plan.masks[uid], patch, ctx.codec, ctx.quality)
+            except WireError:  # Pillow cannot write it (e.g. JPEG of noise): the edge sends raw
+                message = wire.encode(px, plan.masks[uid], patch, "raw", 0)
+                logger.warning("selection %d: %s failed, counted as raw", uid, ctx.codec)
+            nbytes[uid] = len(message)
             ctx.stats.encoded_selections += 1
 
     for g in range(0, len(order), group):
