@@ -1,10 +1,12 @@
 """Images in, uint8 model-size pixels out.
 
-A data folder is either an ImageFolder (one sub-folder per class, classes
-numbered in sorted order) or a flat folder with a labels CSV (``file,label``
-columns, extra columns ignored). Unreadable or non-image files are skipped
-with a warning and counted, never silently dropped; grey, CMYK, palette and
-alpha images are converted to the model's channels.
+A data folder is either an ImageFolder (one sub-folder per class; synset,
+numeric or ``--class-map`` folders mapped to the model's classes, see
+:func:`collabvit.labels.folder_classes`) or a flat folder with a labels file
+(our CSV, the devkit's ground-truth txt or Kaggle's CSV; :mod:`collabvit.labels`).
+Unreadable or non-image files are skipped with a warning and counted, never
+silently dropped; grey, CMYK, palette and alpha images are converted to the
+model's channels.
 
 Preprocessing (DeiT evaluation): resize the shorter side to
 ``floor(H / crop_pct)``, centre-crop ``H x W``. The uint8 result is what the
@@ -13,8 +15,8 @@ edge puts on the wire; each model normalises it with its own mean and std.
 
 from __future__ import annotations
 
-import csv
 import logging
+import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .errors import DataError
+from .labels import folder_classes, read_labels
 
 __all__ = [
     "AUTHORS_CROP_PCT",
@@ -38,6 +41,7 @@ __all__ = [
     "iter_batches",
     "load_image",
     "preprocess",
+    "stratified_subset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -104,38 +108,121 @@ class Batch:
     pixels: torch.Tensor  # (B, C, H, W) uint8
 
 
-def _read_labels(labels_csv: Path, root: Path) -> list[tuple[str, int]]:
-    try:
-        with open(labels_csv, newline="") as fh:
-            reader = csv.DictReader(fh)
-            if reader.fieldnames is None or not {"file", "label"} <= set(reader.fieldnames):
-                raise DataError(
-                    f"labels file {labels_csv} needs a header with 'file' and 'label' columns"
-                )
-            rows = []
-            for line, row in enumerate(reader, start=2):
-                try:
-                    rows.append((row["file"], int(row["label"])))
-                except (TypeError, ValueError):
-                    raise DataError(
-                        f"labels file {labels_csv} line {line}: label {row.get('label')!r} is "
-                        "not an integer class index"
-                    ) from None
-    except OSError as exc:
-        raise DataError(f"cannot read labels file {labels_csv}: {exc.strerror}") from None
-    missing = [f for f, _ in rows if not (root / f).is_file()]
+def _labelled_entries(
+    labels_file: Path, root: Path, num_classes: int | None
+) -> list[tuple[str, int]]:
+    """The ``(file, label)`` entries of a labels file, checked against the data folder."""
+    found = read_labels(labels_file, num_classes)
+    if found.whole_split:  # devkit / Kaggle: stems of a whole split, keep those present
+        present = {
+            f.stem: f.name
+            for f in sorted(root.iterdir())
+            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+        }
+        entries = [(present[stem], label) for stem, label in found.entries if stem in present]
+        if not entries:
+            first = found.entries[0][0] if found.entries else "-"
+            raise DataError(
+                f"none of the {len(found.entries)} images of {found.format} labels file "
+                f"{labels_file} is in {root} (first: {first}): is --data the right folder?"
+            )
+        if len(entries) < len(found.entries):
+            logger.info(
+                "%s labels file %s: %d of its %d images are in %s",
+                found.format,
+                labels_file,
+                len(entries),
+                len(found.entries),
+                root,
+            )
+        return entries
+    missing = [f for f, _ in found.entries if not (root / f).is_file()]
     if missing:
         raise DataError(
-            f"labels file {labels_csv} names {len(missing)} file(s) missing from {root} "
+            f"labels file {labels_file} names {len(missing)} file(s) missing from {root} "
             f"(first: {missing[0]}): fix the CSV or the --data folder"
         )
-    return rows
+    return found.entries
+
+
+def _folder_entries(
+    root: Path, num_classes: int | None, class_map: str | Path | None
+) -> tuple[list[tuple[str, int]], list[str] | None]:
+    """ImageFolder entries (class folders mapped by :func:`folder_classes`), or a flat folder's."""
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not subdirs:
+        files = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
+        ignored = [f.name for f in files if f.suffix.lower() not in IMAGE_EXTENSIONS]
+        if ignored:
+            logger.warning(
+                "ignoring %d file(s) without an image extension in %s (first: %s)",
+                len(ignored),
+                root,
+                ignored[0],
+            )
+        return [(f.name, -1) for f in files if f.suffix.lower() in IMAGE_EXTENSIONS], None
+    class_names = [d.name for d in subdirs]
+    classes = folder_classes(class_names, num_classes, class_map)
+    entries = [
+        (str(f.relative_to(root)), label)
+        for label, d in zip(classes, subdirs, strict=True)
+        for f in sorted(d.rglob("*"))
+        if f.is_file() and not f.name.startswith(".")
+    ]
+    return entries, class_names
+
+
+def stratified_subset(
+    entries: Sequence[tuple[str, int]], limit: int, seed: int
+) -> list[tuple[str, int]]:
+    """A seeded, class-stratified subset of ``limit`` entries, in their original order.
+
+    Round-robin over the classes in a seeded order, each class's images in a
+    seeded order: with ``limit >= classes`` every class is drawn from, and class
+    counts differ by at most one (until a class runs out). Uses its own
+    ``random.Random(seed)``, never the global RNG.
+    """
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(entries):
+        by_class.setdefault(label, []).append(i)
+    order = sorted(by_class)
+    rng.shuffle(order)
+    queues = []
+    for label in order:
+        queue = by_class[label]
+        rng.shuffle(queue)
+        queues.append(queue)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < min(limit, len(entries)):
+        for queue in queues:
+            if depth < len(queue) and len(picked) < limit:
+                picked.append(queue[depth])
+        depth += 1
+    return [entries[i] for i in sorted(picked)]
 
 
 def discover(
-    data_dir: str | Path, labels_csv: str | Path | None = None, limit: int | None = None
+    data_dir: str | Path,
+    labels_csv: str | Path | None = None,
+    limit: int | None = None,
+    *,
+    num_classes: int | None = None,
+    class_map: str | Path | None = None,
+    subset_seed: int | None = None,
 ) -> tuple[list[Sample], list[str] | None]:
     """List the images of a data folder, in a stable order.
+
+    Args:
+        data_dir: an ImageFolder (one sub-folder per class) or a flat folder.
+        labels_csv: a labels file of any format :func:`collabvit.labels.read_labels` reads.
+        limit: keep N images: the first N, or with ``subset_seed`` a seeded
+            class-stratified subset (:func:`stratified_subset`).
+        num_classes: the model's classes: labels must be among them, and ImageFolder
+            classes are mapped by synset / number (:func:`collabvit.labels.folder_classes`).
+            None (a caller that does not know the model): sorted folder position.
+        class_map: a ``folder,class`` CSV for ImageFolder classes named otherwise.
 
     Returns:
         the samples and, for an ImageFolder, the class (sub-folder) names.
@@ -143,37 +230,23 @@ def discover(
     root = Path(data_dir)
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
+    if limit is not None and limit < 0:
+        raise DataError(f"--limit must be at least 0, not {limit}")
     class_names: list[str] | None = None
     if labels_csv is not None:
-        entries = _read_labels(Path(labels_csv), root)
+        entries = _labelled_entries(Path(labels_csv), root, num_classes)
     else:
-        subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-        if subdirs:
-            class_names = [d.name for d in subdirs]
-            entries = [
-                (str(f.relative_to(root)), label)
-                for label, d in enumerate(subdirs)
-                for f in sorted(d.rglob("*"))
-                if f.is_file() and not f.name.startswith(".")
-            ]
-        else:
-            files = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
-            entries = [(f.name, -1) for f in files if f.suffix.lower() in IMAGE_EXTENSIONS]
-            ignored = [f.name for f in files if f.suffix.lower() not in IMAGE_EXTENSIONS]
-            if ignored:
-                logger.warning(
-                    "ignoring %d file(s) without an image extension in %s (first: %s)",
-                    len(ignored),
-                    root,
-                    ignored[0],
-                )
+        entries, class_names = _folder_entries(root, num_classes, class_map)
     if not entries:
         raise DataError(
             f"data folder {root} holds no images: use an ImageFolder (one sub-folder per class) "
             "or a flat folder of images with --labels CSV"
         )
     if limit is not None:
-        entries = entries[:limit]
+        if subset_seed is None:
+            entries = entries[:limit]
+        else:
+            entries = stratified_subset(entries, limit, subset_seed)
     samples = [Sample(i, f, root / f, label) for i, (f, label) in enumerate(entries)]
     return samples, class_names
 
