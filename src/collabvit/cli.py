@@ -68,13 +68,40 @@ def add_model_options(
 
 
 def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """--data, --labels, --limit, --batch-size."""
+    """--data, --labels, --class-map, --limit, --subset-seed, --batch-size."""
     group = parser.add_argument_group("data")
     group.add_argument(
-        "--data", required=required, metavar="DIR", help="ImageFolder, or flat folder with --labels"
+        "--data",
+        required=required,
+        metavar="DIR",
+        help="ImageFolder (synset folders n01440764.. or class-number folders 0..999 map to "
+        "the model's classes; other names need --class-map), or a flat folder with --labels",
     )
-    group.add_argument("--labels", metavar="CSV", help="CSV with file,label columns")
-    group.add_argument("--limit", type=int, metavar="N", help="first N images only")
+    group.add_argument(
+        "--labels",
+        metavar="FILE",
+        help="labels of a flat folder: a CSV with file and label (class index or synset) "
+        "columns, the devkit's ILSVRC2012_validation_ground_truth.txt, or Kaggle's "
+        "LOC_val_solution.csv (told apart by content)",
+    )
+    group.add_argument(
+        "--class-map",
+        metavar="CSV",
+        help="folder,class lines (class: index or synset) for ImageFolder class folders",
+    )
+    group.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="N images only: the first N, or with --subset-seed a class-stratified subset",
+    )
+    group.add_argument(
+        "--subset-seed",
+        type=int,
+        metavar="S",
+        help="with --limit: a seeded subset drawing round-robin from every class "
+        "(default: no seed, the first N images in folder order)",
+    )
     group.add_argument("--batch-size", type=int, default=64, metavar="B")
 
 

@@ -41,8 +41,15 @@ def run(args: argparse.Namespace) -> int:
     from ..engine import evaluate, write_records, write_summary
 
     point = point_from_args(args)
-    samples, _ = discover(args.data, args.labels, args.limit)
     edge, server = load_pair(args)
+    samples, _ = discover(
+        args.data,
+        args.labels,
+        args.limit,
+        num_classes=server.num_classes,
+        class_map=args.class_map,
+        subset_seed=args.subset_seed,
+    )
     with progress_bar(len(samples), "evaluate") as bar:
         result = evaluate(
             edge,

@@ -92,8 +92,15 @@ def run(args: argparse.Namespace) -> int:
     from ..sweep import SweepGrid, run_sweep
 
     grid = SweepGrid.named(args.grid)
-    samples, _ = discover(args.data, args.labels, args.limit)
     edge, server = load_pair(args)
+    samples, _ = discover(
+        args.data,
+        args.labels,
+        args.limit,
+        num_classes=server.num_classes,
+        class_map=args.class_map,
+        subset_seed=args.subset_seed,
+    )
     out = Path(args.out)
     start = time.monotonic()
     with ExitStack() as stack:
