@@ -14,7 +14,7 @@ import timm
 import torch
 
 from collabvit.errors import ModelError
-from collabvit.models import _vit, check_supported, load_model, loading
+from collabvit.models import _vit, check_supported, hub, load_model, loading
 
 
 @pytest.mark.parametrize("attn_layer", ["diff"])
@@ -64,7 +64,7 @@ def test_random_init_leaves_the_callers_rng_state_unchanged() -> None:
 
 
 def test_offline_load_leaves_hf_hub_offline_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(loading, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(hub, "hub_reachable", lambda timeout=3.0: False)
     before = hub_constants.HF_HUB_OFFLINE
     with pytest.raises(Exception, match="could not be downloaded"):
         load_model("deit_tiny_patch16_224")

@@ -3,10 +3,12 @@
 Any timm ``VisionTransformer`` with a class token works as edge or server:
 ``deit_{tiny,small,base}_patch16_224``, ``vit_*_patch16_224``, distilled DeiT
 (its distillation token is a prefix token: never selected, always kept) and
-register-token ViTs. Weights come from (a) the hub when online, (b) a local
-checkpoint (timm/DeiT ``.pth`` with or without a top-level ``model`` key, or
-``.safetensors``), (c) a seeded random initialisation, or (d) the pair shipped
-inside this package (``fmnist-tiny``, ``fmnist-base``).
+register-token ViTs. Weights come from (a) the hub (:mod:`.hub`: a timm name or
+an ``hf-hub:OWNER/REPO`` id; online, or from the local cache), (b) a local
+checkpoint of any format :mod:`.checkpoints` reads (timm/DeiT ``.pth`` or
+``.safetensors``, timm train checkpoints and their EMA weights, transformers
+ViT/DeiT checkpoints converted on load), (c) a seeded random initialisation, or
+(d) the pair shipped inside this package (``fmnist-tiny``, ``fmnist-base``).
 
 Loading has no process-wide side effects: a random initialisation draws from a
 forked RNG (the caller's global RNG state is unchanged), and an offline machine
@@ -15,24 +17,21 @@ is detected before the hub client is asked, without touching its settings.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
-import socket
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import torch
 
 from ..cost import vit_flops
 from ..data import AUTHORS_CROP_PCT, Preprocessing
 from ..errors import CheckpointError, ModelError
-from . import _vit
+from . import _vit, hub
+from .checkpoints import Checkpoint, fit_checkpoint, read_checkpoint, read_state_dict
+from .devices import resolve_device
 
 __all__ = [
     "SHIPPED_MODELS",
@@ -123,70 +122,6 @@ def _shipped_dir() -> Path:
     return Path(str(resources.files("collabvit") / "assets" / "models"))
 
 
-def _allow_training_args() -> AbstractContextManager[Any]:
-    """Let ``weights_only`` loading accept the ``argparse.Namespace`` that DeiT and timm
-    training scripts store under ``args`` in their checkpoints."""
-    safe_globals = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-    return safe_globals([argparse.Namespace]) if safe_globals is not None else nullcontext()
-
-
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a checkpoint file: ``.safetensors`` or a torch ``.pth``/``.pt``.
-
-    Unwraps a top-level ``model``, ``state_dict`` or ``model_ema`` key and a
-    ``module.`` prefix left by DistributedDataParallel.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint {p} does not exist: check the path")
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state: Any = load_file(str(p))
-        else:
-            with _allow_training_args():
-                state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt archives raise many different types
-        raise CheckpointError(
-            f"checkpoint {p} cannot be read ({type(exc).__name__}): the file is corrupt or "
-            "not a PyTorch/safetensors checkpoint of tensors (save model.state_dict())"
-        ) from None
-    if isinstance(state, dict):
-        for key in ("model", "state_dict", "model_ema"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {p} holds no tensor state dict")
-    return {k.removeprefix("module."): v for k, v in state.items()}
-
-
-def _load_weights(model: Any, state: dict[str, torch.Tensor], path: Path, name: str) -> None:
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
-        detail = []
-        if missing:
-            detail.append(f"{len(missing)} missing (e.g. {missing[0]})")
-        if unexpected:
-            detail.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        if wrong:
-            k = wrong[0]
-            detail.append(
-                f"{len(wrong)} of another shape (e.g. {k}: {tuple(state[k].shape)} in the file, "
-                f"{tuple(own[k].shape)} in {name})"
-            )
-        raise CheckpointError(
-            f"checkpoint {path} does not fit {name}: "
-            + ", ".join(detail)
-            + "; pass the model name the checkpoint was trained with"
-        )
-    model.load_state_dict(state)
-
-
 def _seeded(seed: int, build: Any) -> Any:
     """``build()`` with torch's CPU RNG seeded, without changing the caller's RNG state."""
     with torch.random.fork_rng(devices=[]):
@@ -195,7 +130,11 @@ def _seeded(seed: int, build: Any) -> Any:
 
 
 def _load_config_model(
-    config_path: Path, weights: Path | None, crop_pct: float | None, random_init: int | None
+    config_path: Path,
+    weights: Path | None,
+    crop_pct: float | None,
+    random_init: int | None,
+    ema: bool = False,
 ) -> LoadedModel:
     try:
         cfg = json.loads(config_path.read_text())
@@ -212,7 +151,7 @@ def _load_config_model(
     source = f"random:{random_init}"
     if random_init is None:
         wpath = weights or config_path.with_suffix(".safetensors")
-        _load_weights(model, read_state_dict(wpath), wpath, cfg.get("name", config_path.stem))
+        fit_checkpoint(model, read_checkpoint(wpath, ema=ema), cfg.get("name", config_path.stem))
         source = str(wpath)
     prep = Preprocessing(
         input_size=tuple(cfg["input_size"]),
@@ -238,92 +177,85 @@ def load_model(
     crop_pct: float | None = None,
     device: str | torch.device = "cpu",
     num_classes: int | None = None,
+    ema: bool = False,
 ) -> LoadedModel:
     """Build an edge or server model, in eval mode.
 
     Args:
-        name: a timm ViT name (``deit_tiny_patch16_224``), a shipped model
+        name: a timm ViT name (``deit_tiny_patch16_224``), a hub id
+            (``hf-hub:timm/deit_tiny_patch16_224.fb_in1k``), a shipped model
             (``fmnist-tiny``, ``fmnist-base``), or the path of a collabvit model
             JSON written by ``collabvit train``.
-        checkpoint: weights file (``.pth``/``.pt``/``.safetensors``); its head
-            decides the number of classes.
+        checkpoint: weights of any format :mod:`.checkpoints` reads (timm/DeiT
+            ``.pth``/``.safetensors``, timm train checkpoints, transformers
+            ViT/DeiT files or folders); its head decides the number of classes.
         random_init: seed for a random initialisation (no weights needed); the
             caller's global RNG state is left as it was.
         crop_pct: crop ratio; default 0.875 for timm models (the authors'
             DeiT evaluation), the model's own for shipped models.
-        device: where the model lives.
+        device: where the model lives: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``,
+            checked (:func:`.devices.resolve_device`) before anything is built.
         num_classes: classifier size for random init (default: the model's).
+        ema: the EMA weights of a timm/DeiT train checkpoint.
 
     Without ``checkpoint`` or ``random_init`` the timm hub weights are used;
     offline this fails with one clear :class:`CheckpointError`.
     """
+    where = resolve_device(device)
     path_like = Path(name)
     if name in SHIPPED_MODELS:
         config_path = _shipped_dir() / f"{name}.json"
         if not config_path.is_file():
             raise ModelError(f"shipped model {name} is missing from this install ({config_path})")
         loaded = _load_config_model(
-            config_path, Path(checkpoint) if checkpoint else None, crop_pct, random_init
+            config_path, Path(checkpoint) if checkpoint else None, crop_pct, random_init, ema
         )
     elif path_like.suffix == ".json":
         if not path_like.is_file():
             raise ModelError(f"model config {name} does not exist")
         loaded = _load_config_model(
-            path_like, Path(checkpoint) if checkpoint else None, crop_pct, random_init
+            path_like, Path(checkpoint) if checkpoint else None, crop_pct, random_init, ema
         )
     else:
-        loaded = _load_timm_model(name, checkpoint, random_init, crop_pct, num_classes)
+        loaded = _load_timm_model(name, checkpoint, random_init, crop_pct, num_classes, ema)
     _vit.check_supported(loaded.model, name)
-    return loaded.to(device)
+    return loaded.to(where)
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face hub accepts a TCP connection (assumed so behind a proxy)."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True  # only the proxy knows; let the hub client try
-    url = urlsplit(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def _cached_hub_file(name: str) -> str | None:
-    """The hub weights of ``name`` already in the local Hugging Face cache, if any."""
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models import get_pretrained_cfg
-
-    cfg = get_pretrained_cfg(name)
-    repo = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
-    if not repo:
-        return None
-    for filename in ("model.safetensors", "pytorch_model.bin"):
-        found = try_to_load_from_cache(repo, filename)
-        if isinstance(found, str):
-            return found
-    return None
-
-
-def _hub_model(name: str) -> Any:
-    """timm's pretrained model: downloaded when the hub answers, else from the local cache.
-
-    NOTE: asking an unreachable hub costs about a minute of client retries, so
-    offline the cached file is given to timm directly (no hub setting is changed).
-    """
+def _build(name: str, **kwargs: Any) -> Any:
+    """An untrained timm model (an ``hf-hub:`` id: the architecture its config names)."""
     import timm
 
-    if _hub_reachable():
-        return timm.create_model(name, pretrained=True)
-    cached = _cached_hub_file(name)
-    if cached is None:
-        raise OSError("hub unreachable and no cached weights")
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": cached})
+    if hub.is_hub_id(name):
+        return hub.hub_architecture(name, **kwargs)
+    try:
+        return timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as exc:
+        raise ModelError(f"cannot build {name}: {exc}") from None
+
+
+def _from_checkpoint(name: str, ckpt: Checkpoint) -> Any:
+    n = ckpt.num_classes
+    model = _build(name, **({"num_classes": n} if n is not None else {}))
+    _vit.check_supported(model, name)
+    fit_checkpoint(model, ckpt, name)
+    return model
+
+
+def _preprocessing(model: Any, crop_pct: float | None, ckpt: Checkpoint | None) -> Preprocessing:
+    prep = _vit.preprocessing_from_timm(model, AUTHORS_CROP_PCT if crop_pct is None else crop_pct)
+    if ckpt is None or ckpt.mean is None or ckpt.std is None:
+        return prep
+    if (ckpt.mean, ckpt.std) != (prep.mean, prep.std):
+        logger.info(
+            "%s: normalising with its preprocessor_config.json mean %s / std %s (not %s / %s)",
+            ckpt.label,
+            ckpt.mean,
+            ckpt.std,
+            prep.mean,
+            prep.std,
+        )
+    return replace(prep, mean=ckpt.mean, std=ckpt.std)
 
 
 def _load_timm_model(
@@ -332,47 +264,29 @@ def _load_timm_model(
     random_init: int | None,
     crop_pct: float | None,
     num_classes: int | None,
+    ema: bool = False,
 ) -> LoadedModel:
     import timm
 
-    if not timm.is_model(name):
+    if not hub.is_hub_id(name) and not timm.is_model(name):
         raise ModelError(
             f"unknown model name {name!r}: use a timm ViT such as deit_tiny_patch16_224, "
-            f"a shipped model ({', '.join(SHIPPED_MODELS)}), or a model JSON path"
+            f"an hf-hub:OWNER/REPO id, a shipped model ({', '.join(SHIPPED_MODELS)}), "
+            "or a model JSON path"
         )
-    kwargs: dict[str, Any] = {}
+    ckpt = None
     if checkpoint is not None:
-        path = Path(checkpoint)
-        state = read_state_dict(path)
-        n = _vit.num_classes_in(state)
-        if n is not None:
-            kwargs["num_classes"] = n
-        try:
-            model = timm.create_model(name, pretrained=False, **kwargs)
-        except Exception as exc:
-            raise ModelError(f"cannot build {name}: {exc}") from None
-        _vit.check_supported(model, name)
-        _load_weights(model, state, path, name)
-        source = str(path)
+        ckpt = read_checkpoint(checkpoint, ema=ema)
+        model = _from_checkpoint(name, ckpt)
+        source = str(checkpoint)
     elif random_init is not None:
-        if num_classes is not None:
-            kwargs["num_classes"] = num_classes
-        model = _seeded(random_init, lambda: timm.create_model(name, pretrained=False, **kwargs))
+        kwargs = {"num_classes": num_classes} if num_classes is not None else {}
+        model = _seeded(random_init, lambda: _build(name, **kwargs))
         if model.num_classes == 0:  # feature-only models (e.g. DINOv2): give them a head
-            model = _seeded(
-                random_init, lambda: timm.create_model(name, pretrained=False, num_classes=1000)
-            )
+            model = _seeded(random_init, lambda: _build(name, num_classes=1000))
         source = f"random:{random_init}"
     else:
-        try:
-            model = _hub_model(name)
-        except Exception as exc:  # the hub client raises many kinds when offline
-            logger.debug("hub download of %s failed: %r", name, exc)
-            raise CheckpointError(
-                f"pretrained weights for {name} could not be downloaded (offline?): pass a "
-                "checkpoint file with --edge-checkpoint/--server-checkpoint PATH, or "
-                "--random-init SEED for untrained weights"
-            ) from None
+        model = hub.pretrained_model(name)
         source = "hub"
     model = _vit.check_supported(model, name)
     if model.num_classes == 0:
@@ -380,7 +294,7 @@ def _load_timm_model(
     return LoadedModel(
         name,
         model.eval(),
-        _vit.preprocessing_from_timm(model, AUTHORS_CROP_PCT if crop_pct is None else crop_pct),
+        _preprocessing(model, crop_pct, ckpt),
         _vit.imagenet_names(int(model.num_classes)),
         source,
     )
