@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,15 +22,18 @@ import numpy.typing as npt
 from .cost import communication_cost
 
 __all__ = [
+    "CONFIDENCE",
     "RECORD_FIELDS",
     "ImageRecord",
     "Summary",
     "accuracy",
+    "accuracy_interval",
     "cheapest_within",
     "make_record",
     "pareto_frontier",
     "summarise",
     "summarise_records",
+    "wilson_interval",
 ]
 
 RECORD_FIELDS = (
@@ -58,6 +62,8 @@ class SampleLike(Protocol):
 
 
 TOLERANCE_POINTS = 1e-9  # accuracy points: float noise allowed at the target boundary
+CONFIDENCE = 0.95
+"""The level of every accuracy interval the outputs report (two-sided Wilson)."""
 
 
 @dataclass
@@ -108,6 +114,37 @@ def accuracy(pred: Any, labels: Any) -> float | None:
     labelled = y >= 0
     k = int(labelled.sum())
     return int((p[labelled] == y[labelled]).sum()) / k if k else None
+
+
+def wilson_interval(successes: int, n: int, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """Wilson's (1927) score interval for a proportion: ``successes`` out of ``n`` (> 0).
+
+    ``(p + z^2/2n +- z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n)`` with z the
+    two-sided normal quantile; unlike the normal interval it stays in [0, 1]
+    and keeps its coverage near 0 and 1.
+    """
+    if n <= 0:
+        raise ValueError("a Wilson interval needs at least one trial")
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes {successes} not in 0..{n}")
+    z = NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = successes / n
+    z2n = z * z / n
+    centre = (p + z2n / 2) / (1 + z2n)
+    half = z / (1 + z2n) * math.sqrt(p * (1 - p) / n + z2n / (4 * n))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return low, high
+
+
+def accuracy_interval(
+    pred: Any, labels: Any, confidence: float = CONFIDENCE
+) -> tuple[float, float] | None:
+    """:func:`wilson_interval` of the top-1 accuracy over the labelled images; None when none."""
+    p, y = np.asarray(pred), np.asarray(labels)
+    labelled = y >= 0
+    k = int(labelled.sum())
+    return wilson_interval(int((p[labelled] == y[labelled]).sum()), k, confidence) if k else None
 
 
 def summarise(

@@ -43,6 +43,7 @@ __all__ = [
     "BestPoint",
     "FrontierSpec",
     "GridPoint",
+    "PointOutcomes",
     "ProgressFn",
     "ResultRow",
     "SelectionKey",
@@ -50,6 +51,7 @@ __all__ = [
     "SweepGrid",
     "SweepResult",
     "SweepStats",
+    "calibration_outcomes",
     "data_identity",
     "iter_points",
     "make_record",
@@ -73,6 +75,8 @@ _EXPORTS = {
     "RESULT_FIELDS": ".points",
     "BestPoint": ".points",
     "ResultRow": ".points",
+    "PointOutcomes": ".outcomes",
+    "calibration_outcomes": ".outcomes",
     "ProgressFn": ".context",
     "SweepStats": ".context",
     "data_identity": ".cache",
@@ -89,6 +93,7 @@ if typing.TYPE_CHECKING:
     from .cache import data_identity, model_identity
     from .context import ProgressFn, SweepStats
     from .grid import ALL, AUTO, FrontierSpec, GridPoint, SelectionKey, Series, SweepGrid
+    from .outcomes import PointOutcomes, calibration_outcomes
     from .paper import PAPER_DELTA_SUMS, PAPER_ETAS, PAPER_TABLE_II, PAPER_TABLE_III
     from .points import RESULT_FIELDS, BestPoint, ResultRow
     from .run import SweepResult, iter_points, run_sweep

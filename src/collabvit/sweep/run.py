@@ -29,6 +29,7 @@ from .cache import Cache, cache_identity
 from .context import ProgressFn, SweepContext, SweepStats
 from .edge_pass import EdgeData, run_edge_pass
 from .grid import WHOLE_IMAGE, GridPoint, SelectionKey, SweepGrid
+from .outcomes import PointOutcomes, point_outcomes
 from .points import (
     BestPoint,
     ResultRow,
@@ -93,6 +94,14 @@ class SweepResult:
             ):
                 return p
         raise ConfigError(f"{key} is not a point of this sweep")
+
+    def outcomes(self, point: GridPoint | OperatingPoint) -> PointOutcomes:
+        """The per-image arrays at one grid point: labels, edge, server-only and final
+        predictions, transmit mask, patches sent (what calibration reads)."""
+        assert self._edge is not None
+        p = self._find(point)
+        n = int(self.meta["num_patches_per_image"])
+        return point_outcomes(p, self._samples, self._edge, self._selections, n)
 
     def records(self, point: GridPoint | OperatingPoint) -> list[ImageRecord]:
         """The per-image records at one grid point (equal to ``engine.evaluate``'s)."""
