@@ -259,3 +259,47 @@ def test_guarantee_over_200_random_splits(
     # the guarantee has a price, and the chosen point still saves communication
     assert figures["mean_chosen_cost"] >= figures["mean_cheapest_cost_meeting_D_on_test"]
     assert figures["mean_chosen_cost"] < 0.75
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+def test_every_sweep_output_carries_the_interval(shipped_sweep: object, tmp_path: Path) -> None:
+    import csv
+
+    from collabvit.report import write_outputs
+    from collabvit.sweep import RESULT_FIELDS, ResultRow, SweepResult
+
+    assert isinstance(shipped_sweep, SweepResult)
+    assert RESULT_FIELDS[-2:] == ("accuracy_low", "accuracy_high")  # appended: columns keep
+    assert RESULT_FIELDS.index("raised_to_one_patch") == 19  # their positions
+    for row in shipped_sweep.rows:
+        assert row.accuracy is not None and row.accuracy_low is not None
+        n = row.images
+        assert (row.accuracy_low, row.accuracy_high) == wilson_interval(round(row.accuracy * n), n)
+    old = {k: v for k, v in shipped_sweep.rows[0].to_dict().items() if "accuracy_" not in k}
+    old |= {"edge_accuracy": shipped_sweep.rows[0].edge_accuracy}
+    assert ResultRow.from_mapping(old).accuracy_low is None  # rows written before the columns
+    files = write_outputs(shipped_sweep, tmp_path, figures=True)
+    with open(tmp_path / "results.csv") as fh:
+        header = next(csv.reader(fh))
+    assert header == list(RESULT_FIELDS)
+    assert "95% CI" in (tmp_path / "tables.md").read_text()
+    assert tmp_path / "figures" / "tradeoff.png" in files
+
+
+def test_trade_off_lines_draw_bands_and_points_draw_error_bars() -> None:
+    from collabvit.report import drawing as dr
+
+    plain = [
+        {"communication_cost": c, "accuracy": a} for c, a in ((0.1, 0.8), (0.5, 0.85), (0.9, 0.9))
+    ]
+    rows = [r | {"accuracy_low": r["accuracy"] - 0.01, "accuracy_high": r["accuracy"] + 0.01}
+            for r in plain]  # fmt: skip
+    _, (ax,) = dr.new_figure()
+    dr.line(ax, rows, "a line")
+    assert len(ax.collections) == 1  # the band
+    dr.line(ax, rows, "points", ls="none")
+    assert len(ax.collections) == 2  # + the error bars
+    dr.line(ax, plain, "rows written before the interval columns")
+    assert len(ax.collections) == 2

@@ -25,7 +25,13 @@ import torch
 from . import wire
 from .data import Sample, iter_batches
 from .errors import DataError, WireError
-from .metrics import RECORD_FIELDS, ImageRecord, make_record, summarise_records
+from .metrics import (
+    RECORD_FIELDS,
+    ImageRecord,
+    accuracy_interval,
+    make_record,
+    summarise_records,
+)
 from .models import LoadedModel
 from .pipeline import (
     EdgeDecision,
@@ -192,6 +198,19 @@ def _bytes_summary(
     }
 
 
+def _intervals(records: Sequence[ImageRecord]) -> dict[str, float | None]:
+    """95 % Wilson intervals of the collaborative and the edge accuracy (None: no labels)."""
+    labels = [r.label for r in records]
+    out: dict[str, float | None] = {}
+    for name, pred in (
+        ("accuracy", [r.final_pred for r in records]),
+        ("edge_accuracy", [r.edge_pred for r in records]),
+    ):
+        interval = accuracy_interval(pred, labels)
+        out[f"{name}_low"], out[f"{name}_high"] = interval or (None, None)
+    return out
+
+
 @torch.no_grad()
 def evaluate(
     edge: LoadedModel,
@@ -236,6 +255,7 @@ def evaluate(
     summary = summarise_records(
         records, edge.num_patches, flops_table(server, edge.num_patches)
     ).to_dict()
+    summary.update(_intervals(records))
     summary.update(
         {
             "skipped_files": len(skipped),

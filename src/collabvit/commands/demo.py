@@ -21,7 +21,7 @@ from ..errors import ConfigError, DataError
 from ..report.tables import describe_point
 from ..sweep.grid import ALL, Series, SweepGrid
 from ..sweep.paper import PAPER_ETAS
-from ..sweep.points import ResultRow, best_point
+from ..sweep.points import EDGE_ONLY, SERVER_ONLY, ResultRow, best_point
 
 if TYPE_CHECKING:
     from ..sweep.run import SweepResult
@@ -32,6 +32,8 @@ DEMO_KEYS = (
     "edge_accuracy",
     "server_accuracy",
     "accuracy",
+    "accuracy_low",
+    "accuracy_high",
     "communication_cost",
     "transmit_ratio",
     "mean_patches_transmitted",
@@ -66,13 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "comparisons at fewer points; paper: every default grid",
     )
     parser.add_argument("--batch-size", type=int, default=256, metavar="B")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..fmnist import shipped_samples
     from ..models import load_model
+    from ..models.devices import resolve_device
     from ..report import write_outputs
     from ..sweep import run_sweep
     from .sweep import sweep_progress
@@ -81,8 +84,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"--limit {args.limit}: give at least 1 image (the shipped test split has 10,000)"
         )
-    edge = load_model("fmnist-tiny", device=args.device)
-    server = load_model("fmnist-base", device=args.device)
+    device = resolve_device(args.device)  # a missing GPU is one line, before any loading
+    edge = load_model("fmnist-tiny", device=device)
+    server = load_model("fmnist-base", device=device)
     samples = shipped_samples(args.limit)
     grid = SweepGrid.paper() if args.grid == "paper" else demo_grid()
     out = Path(args.out)
@@ -112,8 +116,14 @@ def run(args: argparse.Namespace) -> int:
         f"Fashion-MNIST test set, {n:,} images: edge {edge.name} "
         f"({_params(edge)}) / server {server.name} ({_params(server)})"
     )
-    print(f"  edge only      {100 * result.edge_accuracy:6.2f}%   communication cost 0")
-    print(f"  server only    {100 * result.server_accuracy:6.2f}%   communication cost 1")
+    edge_row, server_row = _baseline(result, EDGE_ONLY), _baseline(result, SERVER_ONLY)
+    print(
+        f"  edge only      {100 * result.edge_accuracy:6.2f}%{_ci(edge_row)}   communication cost 0"
+    )
+    print(
+        f"  server only    {100 * result.server_accuracy:6.2f}%{_ci(server_row)}   "
+        "communication cost 1"
+    )
     if best is None:
         print("  no grid point has an accuracy")
     else:
@@ -154,10 +164,21 @@ def headline(result: SweepResult) -> dict[str, Any]:
     )
 
 
+def _baseline(result: SweepResult, name: str) -> ResultRow | None:
+    return next((r for r in result.rows if r.kind == "baseline" and r.rule == name), None)
+
+
+def _ci(row: ResultRow | None) -> str:
+    """`` (95% CI a-b%)``: the row's Wilson interval, or nothing."""
+    if row is None or row.accuracy_low is None or row.accuracy_high is None:
+        return ""
+    return f" (95% CI {100 * row.accuracy_low:.2f}-{100 * row.accuracy_high:.2f}%)"
+
+
 def _describe(row: ResultRow, num_patches: int) -> str:
     cost = row.communication_cost
     return (
-        f"{100 * (row.accuracy or 0.0):6.2f}%   communication cost {cost:.4f} "
+        f"{100 * (row.accuracy or 0.0):6.2f}%{_ci(row)}   communication cost {cost:.4f} "
         f"({100 * (1 - cost):.1f}% reduction)\n"
         f"                 at {describe_point(row)}: "
         f"{100 * row.transmit_ratio:.1f}% of images sent, "

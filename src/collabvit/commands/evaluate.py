@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(
         f"{s['images']} images ({s['skipped_files']} skipped) | edge {pct(s['edge_accuracy'])} "
-        f"-> collaborative {pct(s['accuracy'])} | transmitted {pct(s['transmit_ratio'])}, "
+        f"-> collaborative {pct(s['accuracy'])}{_ci(s)} | transmitted {pct(s['transmit_ratio'])}, "
         f"{s['mean_patches_transmitted']:.1f}/{s['num_patches_per_image']} patches | "
         f"communication cost {s['communication_cost']:.4f} | "
         f"server FLOPs {s['server_flops_ratio']:.4f}"
@@ -85,3 +85,11 @@ def run(args: argparse.Namespace) -> int:
             f"PNG {b['full_image_png_per_image']:.0f}"
         )
     return 0
+
+
+def _ci(summary: dict[str, object]) -> str:
+    """`` (95% CI a-b%)`` of the collaborative accuracy (Wilson), or nothing without labels."""
+    low, high = summary.get("accuracy_low"), summary.get("accuracy_high")
+    if not isinstance(low, float) or not isinstance(high, float):
+        return ""
+    return f" (95% CI {100 * low:.2f}-{100 * high:.2f}%)"

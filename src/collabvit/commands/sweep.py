@@ -133,7 +133,8 @@ def run(args: argparse.Namespace) -> int:
     if b is not None:
         print(
             f"best within {args.target_drop:g} points: {describe_point(b.row)} -> "
-            f"{pct(b.row.accuracy)}, communication cost {b.row.communication_cost:.4f}"
+            f"{pct(b.row.accuracy)}{_ci(b.row)}, communication cost "
+            f"{b.row.communication_cost:.4f}"
             + ("" if b.within_target else " (no point was within the target)")
         )
     print(
@@ -144,3 +145,10 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"wrote {len(files)} files to {out}")
     return 0
+
+
+def _ci(row: Any) -> str:
+    """`` (95% CI a-b%)`` of a results row's accuracy (Wilson), or nothing without labels."""
+    if row.accuracy_low is None or row.accuracy_high is None:
+        return ""
+    return f" (95% CI {100 * row.accuracy_low:.2f}-{100 * row.accuracy_high:.2f}%)"

@@ -26,6 +26,7 @@ __all__ = [
     "fit_y",
     "gates",
     "has_parameter",
+    "interval_band",
     "line",
     "measure_label",
     "new_figure",
@@ -116,15 +117,39 @@ def select(
     return sorted(out, key=lambda r: (r["communication_cost"], r["threshold"] or 0.0))
 
 
-def line(ax: Any, rows: Sequence[Row], label: str, **kw: Any) -> None:
-    """Accuracy (%) against communication cost, one marker per row."""
+def line(ax: Any, rows: Sequence[Row], label: str, band: bool = True, **kw: Any) -> None:
+    """Accuracy (%) against communication cost, one marker per row, with its 95 % interval.
+
+    The interval (the rows' ``accuracy_low`` / ``accuracy_high``, Wilson) is a
+    shaded band around a line and an error bar on a point series (``ls="none"``);
+    rows without it (results written before the columns existed) draw none.
+    """
     if not rows:
         return
     x = [r["communication_cost"] for r in rows]
     y = [100.0 * r["accuracy"] for r in rows]
     style: dict[str, Any] = {"marker": "o", "ms": 3.5, "lw": 1.3}
     style.update(kw)
-    ax.plot(x, y, label=label, **style)
+    (drawn,) = ax.plot(x, y, label=label, **style)
+    if band:
+        interval_band(ax, rows, drawn.get_color(), points=style.get("ls") == "none")
+
+
+def interval_band(ax: Any, rows: Sequence[Row], color: Any, points: bool = False) -> None:
+    """The rows' 95 % accuracy intervals (%): a band along a line, or error bars."""
+    if not rows or any(r.get("accuracy_low") is None for r in rows):
+        return
+    x = [r["communication_cost"] for r in rows]
+    lo = [100.0 * r["accuracy_low"] for r in rows]
+    hi = [100.0 * r["accuracy_high"] for r in rows]
+    if points or len(rows) == 1:
+        y = [100.0 * r["accuracy"] for r in rows]
+        yerr = [[a - b for a, b in zip(y, lo, strict=True)],
+                [b - a for a, b in zip(y, hi, strict=True)]]  # fmt: skip
+        ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor=color, elinewidth=0.8, alpha=0.6,
+                    capsize=0)  # fmt: skip
+    else:
+        ax.fill_between(x, lo, hi, color=color, alpha=0.12, lw=0)
 
 
 def references(ax: Any, info: Mapping[str, Any], edge: bool = True) -> None:

@@ -10,7 +10,8 @@ Axes: communication cost is the fraction of all patches of all images that is
 transmitted (paper Sec. VI-A), accuracy is top-1 in percent.
 
 The trade-off figure (Figs. 8/9) draws every edge grid point (and the
-edge-only point); its "achievable trade-off" line is
+edge-only point) with its 95 % accuracy interval (Wilson: a band along each
+line, error bars on single points and on the star); its "achievable trade-off" line is
 :func:`collabvit.metrics.pareto_frontier` of exactly those points and its star
 is the chosen point (``best.json``). Both are written into the PNG's text
 chunks (``collabvit:star``, ``collabvit:frontier``, JSON), so a test can read
@@ -109,6 +110,7 @@ def plot_tradeoff(
         ax,
         frontier,
         "achievable trade-off (Pareto frontier)",
+        band=False,  # its points carry their series' bands
         color="black",
         lw=2.0,
         ms=4,
@@ -127,12 +129,20 @@ def plot_tradeoff(
             ls="none",
             zorder=6,
             label=f"chosen: {describe_point(best)}\n"
-            f"cost {best['communication_cost']:.3f}, {100 * best['accuracy']:.2f}%",
+            f"cost {best['communication_cost']:.3f}, {100 * best['accuracy']:.2f}%"
+            f"{_interval_text(best)}",
         )
+        dr.interval_band(ax, [best], "red", points=True)
         text["collabvit:star"] = point_identity(best) | _xy(best)
     family = f"{dr.rule_label(spec['rule'])} ({spec['score']} score)"
-    dr.finish(ax, dr.pair_title(info, f"Trade-off: every edge grid point; lines: {family}"))
+    what = f"Trade-off: every edge grid point (bands: 95% CI); lines: {family}"
+    dr.finish(ax, dr.pair_title(info, what))
     return dr.save(fig, stem, text)
+
+
+def _interval_text(row: Row) -> str:
+    lo, hi = row.get("accuracy_low"), row.get("accuracy_high")
+    return "" if lo is None or hi is None else f" (95% CI {100 * lo:.2f}-{100 * hi:.2f}%)"
 
 
 def _xy(row: Row) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from ..gating import MEASURES
 from ..selection import RULES
 from ..sweep.grid import EDGE, SERVER
 from ..sweep.paper import PAPER_TABLE_II, PAPER_TABLE_III, REFERENCE_MEASURE, REFERENCE_RULE
-from ..sweep.points import EDGE_ONLY
+from ..sweep.points import EDGE_ONLY, SERVER_ONLY
 
 if TYPE_CHECKING:
     from ..sweep.points import ResultRow
@@ -52,6 +52,17 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}%"
 
 
+def _ci(row: Mapping[str, Any] | None) -> str:
+    """`` (95% CI a-b%)`` of a row's Wilson interval, or nothing."""
+    if row is None or row.get("accuracy_low") is None:
+        return ""
+    return f" (95% CI {100 * row['accuracy_low']:.2f}-{100 * row['accuracy_high']:.2f}%)"
+
+
+def _baseline(result: SweepResult, name: str) -> ResultRow | None:
+    return next((r for r in result.rows if r.kind == "baseline" and r.rule == name), None)
+
+
 def _header(result: SweepResult) -> list[str]:
     meta = result.meta
     lines = [
@@ -61,8 +72,9 @@ def _header(result: SweepResult) -> list[str]:
         f"({meta['server_source']}), {meta['images']} images "
         f"({meta['skipped_files']} skipped), {meta['num_patches_per_image']} patches per image.",
         "",
-        f"- edge only: {_pct(result.edge_accuracy)} top-1",
-        f"- server only (full image): {_pct(result.server_accuracy)} top-1",
+        f"- edge only: {_pct(result.edge_accuracy)} top-1{_ci(_baseline(result, EDGE_ONLY))}",
+        f"- server only (full image): {_pct(result.server_accuracy)} top-1"
+        f"{_ci(_baseline(result, SERVER_ONLY))}",
     ]
     b = result.best
     if b is not None:
@@ -70,7 +82,7 @@ def _header(result: SweepResult) -> list[str]:
         lines.append(
             f"- chosen point (cheapest edge grid point within {b.target_drop_points:g} accuracy "
             f"point(s) of the server{'' if b.within_target else '; none was, so the most accurate'}"
-            f"): {describe_point(r)} -> {_pct(r.accuracy)}, communication cost "
+            f"): {describe_point(r)} -> {_pct(r.accuracy)}{_ci(r)}, communication cost "
             f"{r.communication_cost:.4f} ({100 * b.communication_reduction:.1f}% "
             f"reduction), {r.transmit_ratio:.4f} of images transmitted, "
             f"{r.mean_patches_transmitted:.2f} patches per transmitted image"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from ..metrics import Summary, cheapest_within, pareto_frontier, summarise
+from ..metrics import Summary, accuracy_interval, cheapest_within, pareto_frontier, summarise
 from .grid import EDGE
 
 if TYPE_CHECKING:
@@ -74,6 +74,9 @@ class ResultRow(Mapping[str, Any]):
     bytes_per_image: float | None
     bytes_per_transmitted_image: float | None
     raised_to_one_patch: int
+    # appended last, so the columns before keep their positions: 95 % Wilson interval
+    accuracy_low: float | None = None
+    accuracy_high: float | None = None
 
     def __getitem__(self, key: str) -> Any:
         if key not in _FIELD_SET:
@@ -91,13 +94,15 @@ class ResultRow(Mapping[str, Any]):
 
     @classmethod
     def from_mapping(cls, row: Mapping[str, Any]) -> ResultRow:
-        """The row named by the result-field keys of ``row`` (extra keys are dropped)."""
-        return cls(**{f: row[f] for f in RESULT_FIELDS})
+        """The row named by the result-field keys of ``row`` (extra keys are dropped; the
+        interval columns may be absent, as in rows written before they existed)."""
+        return cls(**{f: row[f] for f in RESULT_FIELDS if f in row or f not in _OPTIONAL})
 
 
 RESULT_FIELDS = tuple(f.name for f in fields(ResultRow))
 """Columns of ``results.csv`` (accuracies and ratios are fractions, not %)."""
 _FIELD_SET = frozenset(RESULT_FIELDS)
+_OPTIONAL = frozenset(("accuracy_low", "accuracy_high"))
 
 
 @dataclass(frozen=True)
@@ -120,8 +125,9 @@ class BestPoint:
 
 def _row(kind: str, encoder: str, score: str, rule: str, threshold: float | None,
          measure: str, eta: float | None, summary: Summary, server_accuracy: float | None,
-         codec: str) -> ResultRow:  # fmt: skip
+         codec: str, interval: tuple[float, float] | None) -> ResultRow:  # fmt: skip
     s = summary
+    low, high = interval if interval is not None else (None, None)
     return ResultRow(
         kind=kind,
         encoder=encoder,
@@ -143,6 +149,8 @@ def _row(kind: str, encoder: str, score: str, rule: str, threshold: float | None
         bytes_per_image=s.bytes_per_image,
         bytes_per_transmitted_image=s.bytes_per_transmitted_image,
         raised_to_one_patch=s.raised_to_one_patch,
+        accuracy_low=low,
+        accuracy_high=high,
     )
 
 
@@ -168,10 +176,11 @@ def grid_rows(
     for p in points:
         sent, _ = edge.transmitted(p.measure, p.eta, p.encoder)
         data = selections[p.selection]
+        final = np.where(sent, data.pred, edge.edge_pred)
         summary = summarise(
             ctx.labels,
             edge.edge_pred,
-            np.where(sent, data.pred, edge.edge_pred),
+            final,
             sent,
             data.count,
             ctx.num_patches,
@@ -180,7 +189,8 @@ def grid_rows(
             data.raised,
         )
         where = (p.encoder, p.score, p.rule, p.threshold, p.measure, p.eta)
-        rows.append(_row("grid", *where, summary, ctx.server_accuracy, ctx.codec))
+        interval = accuracy_interval(final, ctx.labels)
+        rows.append(_row("grid", *where, summary, ctx.server_accuracy, ctx.codec, interval))
     return rows
 
 
@@ -195,17 +205,19 @@ def baseline_rows(edge: EdgeData, whole: SelectionData, ctx: RowContext) -> list
         return summarise(ctx.labels, edge.edge_pred, final, sent, counts, ctx.num_patches,
                          ctx.flops_table, nbytes)  # fmt: skip
 
-    def baseline(name: str, codec: str, s: Summary) -> ResultRow:
-        return _row("baseline", "", "", name, None, "", None, s, ctx.server_accuracy, codec)
+    def baseline(name: str, codec: str, s: Summary, final: Any) -> ResultRow:
+        interval = accuracy_interval(final, ctx.labels)
+        return _row("baseline", "", "", name, None, "", None, s, ctx.server_accuracy, codec,
+                    interval)  # fmt: skip
 
+    zeros = np.zeros(n, dtype=np.int64)
     rows = [
-        baseline(EDGE_ONLY, "", summary(none, edge.edge_pred, np.zeros(n, dtype=np.int64))),
-        baseline(SERVER_ONLY, ctx.codec, summary(every, whole.pred, whole.nbytes)),
+        baseline(EDGE_ONLY, "", summary(none, edge.edge_pred, zeros), edge.edge_pred),
+        baseline(SERVER_ONLY, ctx.codec, summary(every, whole.pred, whole.nbytes), whole.pred),
     ]
     for fmt, key in (("jpeg-q90", "jpeg_q90"), ("png", "png")):
-        rows.append(
-            baseline(FULL_IMAGE_FILE, fmt, summary(every, whole.pred, edge.full_bytes[key]))
-        )
+        s = summary(every, whole.pred, edge.full_bytes[key])
+        rows.append(baseline(FULL_IMAGE_FILE, fmt, s, whole.pred))
     return rows
 
 
