@@ -24,21 +24,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--limit", type=int, metavar="N", help="first N training images")
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from ..cli import progress_bar
+    from ..models.devices import resolve_device
     from ..training import TRAIN_CONFIGS, train
 
     cfg = TRAIN_CONFIGS[args.config]
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(resolve_device(args.device))  # before any data is read
     bars: dict[int, object] = {}
 
     def progress(step: int, total: int, stats: dict[str, float]) -> None:
