@@ -37,7 +37,7 @@ def add_model_options(
     roles: Sequence[str] = ("edge", "server"),
     defaults: dict[str, str] | None = None,
 ) -> None:
-    """--edge/--server (+ -checkpoint), --random-init, --crop-pct, --device."""
+    """--edge/--server (+ -checkpoint), --ema, --random-init, --crop-pct, --device."""
     defaults = defaults or {}
     group = parser.add_argument_group("models")
     for role in roles:
@@ -46,12 +46,20 @@ def add_model_options(
             default=defaults.get(role),
             required=role not in defaults,
             metavar="NAME",
-            help=f"{role} model: a timm ViT name, a shipped model (fmnist-tiny, "
-            "fmnist-base) or a model JSON",
+            help=f"{role} model: a timm ViT name, an hf-hub:OWNER/REPO id, a shipped model "
+            "(fmnist-tiny, fmnist-base) or a model JSON",
         )
         group.add_argument(
-            f"--{role}-checkpoint", metavar="PATH", help=f"{role} weights (.pth/.pt/.safetensors)"
+            f"--{role}-checkpoint",
+            metavar="PATH",
+            help=f"{role} weights: timm/DeiT .pth/.safetensors, a timm train checkpoint, or a "
+            "transformers ViT/DeiT folder or file",
         )
+    group.add_argument(
+        "--ema",
+        action="store_true",
+        help="take the EMA weights (state_dict_ema/model_ema) of timm/DeiT train checkpoints",
+    )
     group.add_argument(
         "--random-init",
         type=int,
@@ -64,7 +72,11 @@ def add_model_options(
         metavar="R",
         help="crop ratio (default 0.875 for timm models, as the DeiT authors)",
     )
-    group.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    group.add_argument(
+        "--device",
+        default="cpu",
+        help="auto (cuda when there is a GPU), cpu, cuda or cuda:N; checked before loading",
+    )
 
 
 def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -153,8 +165,15 @@ def point_from_args(args: argparse.Namespace) -> Any:
 
 
 def load_role(args: argparse.Namespace, role: str) -> Any:
-    """Load the ``edge`` or ``server`` model named by the options."""
+    """Load the ``edge`` or ``server`` model named by the options.
+
+    ``--device`` is resolved first (:func:`collabvit.models.devices.resolve_device`):
+    a GPU that is not there is a one-line ConfigError before any model is built.
+    """
     from .models import load_model
+    from .models.devices import resolve_device
+
+    device = resolve_device(args.device)
 
     name = getattr(args, role)
     checkpoint = getattr(args, f"{role}_checkpoint", None)
@@ -164,7 +183,8 @@ def load_role(args: argparse.Namespace, role: str) -> Any:
         checkpoint=checkpoint,
         random_init=random_init,
         crop_pct=args.crop_pct,
-        device=args.device,
+        device=device,
+        ema=getattr(args, "ema", False),
     )
 
 
