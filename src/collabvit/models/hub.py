@@ -103,7 +103,7 @@ def _offline_advice(name: str) -> str:
     )
     if is_hub_id(name):
         arch = _split_hub_id(name)[0].split("/", 1)[1].split(".", 1)[0]
-        advice += f" (offline, name the timm architecture instead, e.g. {arch})"
+        advice += f"; with either, name the architecture ({arch}): the id's config is on the hub"
     return advice
 
 
