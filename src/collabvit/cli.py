@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import CollabViTError
+from .errors import CollabViTError, ConfigError
 
 __all__ = [
     "COMMANDS",
@@ -27,7 +27,7 @@ __all__ = [
     "progress_bar",
 ]
 
-COMMANDS = ("evaluate", "sweep", "demo", "visualize", "train", "serve", "edge")
+COMMANDS = ("evaluate", "sweep", "demo", "calibrate", "visualize", "train", "serve", "edge")
 
 logger = logging.getLogger("collabvit")
 
@@ -117,42 +117,88 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> 
     group.add_argument("--batch-size", type=int, default=64, metavar="B")
 
 
+class _PointFlag(argparse.Action):
+    """Stores an operating-point option and notes that it was given (see ``--point``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, True if self.nargs == 0 else values)
+        given = set(getattr(namespace, "point_flags_given", ()))
+        given.add(option_string or self.dest)
+        namespace.point_flags_given = sorted(given)
+
+
 def add_point_options(parser: argparse.ArgumentParser) -> None:
-    """--score --rule --threshold --measure --eta (--include-crossing --seed).
+    """--point FILE, or --score --rule --threshold --measure --eta (--include-crossing --seed).
 
     The choices come from the method's tables (:data:`collabvit.attention.SCORES`,
     :data:`collabvit.selection.RULES`, :data:`collabvit.gating.MEASURES`), so an
-    entry added there is a choice here.
+    entry added there is a choice here. ``--point calibrated.json`` (written by
+    ``collabvit calibrate``) fixes the whole point; giving any of the other
+    options with it is an error, so a file never mixes silently with flags.
     """
     from .attention import SCORES
     from .gating import MEASURES
     from .selection import RULES
 
     group = parser.add_argument_group("operating point")
-    group.add_argument("--score", default="mean", choices=tuple(SCORES), help="patch score")
     group.add_argument(
-        "--rule", default="attention-sum", choices=tuple(RULES), help="patch selection rule"
+        "--point",
+        metavar="calibrated.json",
+        help="the operating point chosen by collabvit calibrate (instead of the options below)",
+    )
+    flag: dict[str, Any] = {"action": _PointFlag}
+    group.add_argument("--score", default="mean", choices=tuple(SCORES), help="patch score", **flag)
+    group.add_argument(
+        "--rule",
+        default="attention-sum",
+        choices=tuple(RULES),
+        help="patch selection rule",
+        **flag,
     )
     meanings = ", ".join(f"{r.parameter} ({name})" for name, r in RULES.items() if r.parameter)
     group.add_argument(
-        "--threshold", type=float, default=0.97, help=f"the rule's parameter: {meanings}"
+        "--threshold", type=float, default=0.97, help=f"the rule's parameter: {meanings}", **flag
     )
     group.add_argument(
-        "--measure", default="min-entropy", choices=tuple(MEASURES), help="gate measure"
+        "--measure", default="min-entropy", choices=tuple(MEASURES), help="gate measure", **flag
     )
-    group.add_argument("--eta", type=float, default=0.8, help="gate threshold")
+    group.add_argument("--eta", type=float, default=0.8, help="gate threshold", **flag)
     group.add_argument(
         "--include-crossing",
-        action="store_true",
+        nargs=0,
+        default=False,
         help="attention-sum: also keep the patch that crosses delta_sum",
+        **flag,
     )
-    group.add_argument("--seed", type=int, default=0, help="seed of the random rule")
+    group.add_argument("--seed", type=int, default=0, help="seed of the random rule", **flag)
 
 
 def point_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~collabvit.engine.OperatingPoint` of :func:`add_point_options` options."""
+    """The :class:`~collabvit.pipeline.OperatingPoint` of :func:`add_point_options` options.
+
+    With ``--point FILE`` the point of a ``calibrated.json``
+    (:func:`collabvit.calibration.read_point`); ConfigError when point options
+    are given too.
+    """
     from .pipeline import OperatingPoint
 
+    path = getattr(args, "point", None)
+    if path is not None:
+        from .calibration import read_point
+
+        given = getattr(args, "point_flags_given", [])
+        if given:
+            raise ConfigError(
+                f"--point {path} fixes the operating point: drop {', '.join(given)} "
+                "(or drop --point)"
+            )
+        return OperatingPoint(**read_point(path))
     return OperatingPoint(
         score=args.score,
         rule=args.rule,
