@@ -142,7 +142,7 @@ def edge_point_count(grid: SweepGrid) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..cli import load_pair
     from ..data import discover
-    from ..sweep import calibration_outcomes, run_sweep
+    from ..sweep import calibration_outcomes, data_identity, model_identity, run_sweep
     from .sweep import sweep_progress
 
     grid = check_arguments(args)
@@ -176,8 +176,9 @@ def run(args: argparse.Namespace) -> int:
         )
     points, outcomes = calibration_outcomes(result)
     body = calibrate_body(args, points, outcomes, grid)
-    body["data"] = _data_identity(samples)
-    body["models"] = _model_identities(edge, server)
+    body["calibration"]["edge_accuracy"] = result.edge_accuracy
+    body["data"] = data_identity(samples)
+    body["models"] = {"edge": model_identity(edge), "server": model_identity(server)}
     body["sweep"] = {"fingerprint": result.meta["fingerprint"], "cache": result.meta["cache"]}
     out.mkdir(parents=True, exist_ok=True)
     path = out / "calibrated.json"
@@ -192,18 +193,6 @@ def _has_auto(grid: SweepGrid) -> bool:
     from ..sweep.grid import AUTO
 
     return any(AUTO in (s.thresholds, s.etas) for s in grid.series)
-
-
-def _data_identity(samples: Any) -> dict[str, Any]:
-    from ..sweep import data_identity
-
-    return data_identity(samples)
-
-
-def _model_identities(edge: Any, server: Any) -> dict[str, Any]:
-    from ..sweep import model_identity
-
-    return {"edge": model_identity(edge), "server": model_identity(server)}
 
 
 def calibrate_body(
@@ -340,6 +329,12 @@ def summary_lines(body: dict[str, Any]) -> list[str]:
         f"{_pct(cal['server_accuracy'])} (95% CI {_pct(cal['server_accuracy_low'])}-"
         f"{_pct(cal['server_accuracy_high'])})"
     ]
+    edge = cal.get("edge_accuracy")
+    if edge is not None and cal["server_accuracy_low"] <= edge:
+        lines.append(
+            f"note: the server alone is not clearly more accurate than the edge alone "
+            f"({_pct(edge)}): a drop against it says little (untrained weights?)"
+        )
     g = body["guarantee"]
     if g["max_drop_points"] is not None:
         lines += _drop_lines(body, g)
