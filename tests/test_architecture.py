@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "gating": {"_arrays"},
     "cost": {"_arrays"},
     "wire": {"_arrays"},
+    "onnx_edge": {"selection", "gating", "wire", "_arrays"},  # the torch-free edge
     "data": {"labels"},
     "labels": set(),
     "metrics": {"cost", "_arrays"},
@@ -69,6 +70,7 @@ FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
     "report": {"torch", "timm", "torchvision"},
     "data": {"timm"},
     "labels": {"torch", "timm", "torchvision"},
+    "onnx_edge": {"torch", "timm", "torchvision"},
     "pipeline": {"timm"},
     "engine": {"timm"},
     "sweep": {"timm"},

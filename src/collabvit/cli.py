@@ -27,7 +27,17 @@ __all__ = [
     "progress_bar",
 ]
 
-COMMANDS = ("evaluate", "sweep", "demo", "calibrate", "visualize", "train", "serve", "edge")
+COMMANDS = (
+    "evaluate",
+    "sweep",
+    "demo",
+    "calibrate",
+    "visualize",
+    "train",
+    "serve",
+    "edge",
+    "export",
+)
 
 logger = logging.getLogger("collabvit")
 
