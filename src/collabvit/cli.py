@@ -284,9 +284,44 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[..., in
             description=module.__doc__,
             formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
-        module.add_arguments(p)
+        try:
+            module.add_arguments(p)
+        except ModuleNotFoundError as exc:  # an edge install: no torch, timm, ...
+            if _research_module(exc) is None:
+                raise
+            p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+            runners[name] = _needs_research(exc)
+            continue
         runners[name] = module.run
     return parser, runners
+
+
+# the packages of the [research] extra that an edge install (collabvit[edge]) lacks
+_RESEARCH_MODULES = {
+    "torch",
+    "torchvision",
+    "timm",
+    "huggingface_hub",
+    "safetensors",
+    "matplotlib",
+    "fastapi",
+    "uvicorn",
+    "prometheus_client",
+    "onnx",
+    "onnxscript",
+}
+
+
+def _research_module(exc: ModuleNotFoundError) -> str | None:
+    top = (exc.name or "").split(".")[0]
+    return top if top in _RESEARCH_MODULES else None
+
+
+def _needs_research(exc: ModuleNotFoundError) -> Callable[..., int | None]:
+    def run(_args: argparse.Namespace) -> int | None:
+        raise exc
+
+    return run
 
 
 def _version() -> str:
@@ -313,6 +348,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(runners[args.command](args) or 0)
     except CollabViTError as exc:
         print(f"collabvit {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        if _research_module(exc) is None:
+            raise
+        print(
+            f"collabvit {args.command}: error: needs the research install ({exc.name} is not "
+            "installed): pip install 'collabvit[research]'",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"collabvit {args.command}: interrupted", file=sys.stderr)
