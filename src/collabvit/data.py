@@ -20,15 +20,16 @@ import random
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from .errors import DataError
 from .labels import folder_classes, read_labels
+
+if TYPE_CHECKING:  # torch is imported where pixels become tensors: discovery needs none
+    import torch
 
 __all__ = [
     "AUTHORS_CROP_PCT",
@@ -277,17 +278,15 @@ def load_image(path: Path, channels: int) -> Image.Image | None:
         return None
 
 
-_INTERPOLATION = {
-    "bicubic": InterpolationMode.BICUBIC,
-    "bilinear": InterpolationMode.BILINEAR,
-    "nearest": InterpolationMode.NEAREST,
-}
-
-
 def preprocess(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
     """Resize (shorter side to ``floor(H / crop_pct)``) and centre-crop. -> (C, H, W) uint8."""
+    import torch
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
     _, h, w = prep.input_size
-    interp = _INTERPOLATION.get(prep.interpolation, InterpolationMode.BICUBIC)
+    modes = {"bilinear": InterpolationMode.BILINEAR, "nearest": InterpolationMode.NEAREST}
+    interp = modes.get(prep.interpolation, InterpolationMode.BICUBIC)
     if prep.crop_pct >= 1.0 and image.size == (w, h):
         out = image
     else:
@@ -309,6 +308,8 @@ def iter_batches(
 
     Unreadable files are skipped with a warning and appended to ``skipped``.
     """
+    import torch
+
     pending: list[tuple[Sample, torch.Tensor]] = []
     for sample in samples:
         if sample.array is not None:
