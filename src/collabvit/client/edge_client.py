@@ -1,9 +1,8 @@
 """The edge device of collaborative inference (paper Algorithm 1, Fig. 2), over HTTP.
 
-:class:`EdgeClient` runs the edge model locally, in batches, deciding with
-:func:`collabvit.pipeline.decide_on_edge` (steps 2-5: edge forward, the gate
-of eq. 11, the selection rule with ``image_ids = sample.index``) exactly as
-``collabvit evaluate`` does. An image the gate keeps is answered by the edge;
+:class:`EdgeClient` runs the edge model locally, in batches (torch or ONNX Runtime,
+:mod:`.runtimes`: steps 2-5, the gate of eq. 11 and the rule with ``image_ids =
+sample.index``) exactly as ``collabvit evaluate``. An image the gate keeps is answered by the edge;
 for the others the selected patches are encoded with :func:`collabvit.wire.encode`
 and sent to the server's ``POST /v1/infer`` (:func:`collabvit.client.http.send`)
 by ``concurrency`` workers sharing one keep-alive ``httpx.AsyncClient``.
@@ -23,21 +22,25 @@ import logging
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
-from ..data import Sample, iter_batches, load_image
+from ..data import Sample, load_image
 from ..errors import ServerError, WireError
-from ..models import LoadedModel
-from ..pipeline import OperatingPoint, decide_on_edge
 from ..wire import encode, full_image_bytes
 from . import http as _http
 from .breaker import CircuitBreaker
 from .config import ClientConfig
 from .http import ServerAnswer
 from .results import ImageResult
+from .runtimes import edge_runtime
+
+if TYPE_CHECKING:  # an edge install (ONNX) has no torch
+    from ..models import LoadedModel
+    from ..onnx_edge import OnnxEdge, PointLike
 
 __all__ = ["ClientConfig", "EdgeClient", "EdgeDecision", "whole_jpeg_bytes"]
 
@@ -66,8 +69,8 @@ class EdgeClient:
     """Runs the edge model and asks the server about uncertain images.
 
     Args:
-        edge: the edge model.
-        point: score, selection rule and threshold, gate measure and eta.
+        edge: a torch ``LoadedModel``, or an exported ``OnnxEdge`` (no torch needed).
+        point: score, rule and threshold, gate measure and eta (``OperatingPoint``, ``EdgePoint``).
         config: server URL, codec, concurrency, timeouts, retries, breaker.
         transport: an ``httpx.AsyncBaseTransport`` (e.g. ``httpx.ASGITransport``
             around :func:`collabvit.server.create_app`) instead of the network.
@@ -76,14 +79,15 @@ class EdgeClient:
 
     def __init__(
         self,
-        edge: LoadedModel,
-        point: OperatingPoint,
+        edge: LoadedModel | OnnxEdge,
+        point: PointLike,
         config: ClientConfig,
         transport: httpx.AsyncBaseTransport | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.edge = edge
         self.point = point
+        self.runtime = edge_runtime(edge, point)
         self.config = config
         self.transport = transport
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_cooldown_s, clock)
@@ -96,26 +100,21 @@ class EdgeClient:
         The same steps, in the same batches, as :func:`collabvit.engine.evaluate`.
         Unreadable files are appended to ``skipped``.
         """
-        edge, cfg = self.edge, self.config
-        for batch in iter_batches(samples, edge.preprocessing, cfg.batch_size, skipped):
-            pixels = batch.pixels.to(edge.device)  # (B, C, H, W) uint8
-            decided = decide_on_edge(edge, pixels, batch.samples, self.point)
-            masks = {}  # position in the batch -> (N,) bool keep mask
-            if decided.selection is not None:
-                masks = dict(zip(decided.rows, decided.selection.keep_mask, strict=True))
+        cfg = self.config
+        for batch in self.runtime.batches(samples, cfg.batch_size, skipped):
             decisions = []
             for j, sample in enumerate(batch.samples):
-                mask = masks.get(j)
+                mask = batch.masks.get(j)  # (N,) bool keep mask when sent
                 payload, codec, codec_error = None, None, None
                 if mask is not None:
-                    image = batch.pixels[j].numpy()  # (C, H, W) uint8
+                    image = batch.pixels[j]  # (C, H, W) uint8
                     payload, codec, codec_error = self._encode(sample, image, mask)
-                full = whole_jpeg_bytes(sample, edge) if cfg.full_jpeg_baseline else None
+                full = whole_jpeg_bytes(sample, self.runtime) if cfg.full_jpeg_baseline else None
                 decisions.append(
                     EdgeDecision(
                         sample,
-                        int(decided.edge_pred[j]),
-                        float(decided.uncertainty[j]),
+                        int(batch.edge_pred[j]),
+                        float(batch.uncertainty[j]),
                         mask is not None,
                         0 if mask is None else int(mask.sum()),
                         payload,
@@ -338,7 +337,7 @@ class EdgeClient:
             )
 
 
-def whole_jpeg_bytes(sample: Sample, edge: LoadedModel) -> int | None:
+def whole_jpeg_bytes(sample: Sample, edge: Any) -> int | None:
     """The baseline: bytes of the whole original as one JPEG q90 (None: unreadable, unencodable).
 
     A measurement, not part of the method; :class:`EdgeClient` runs it only with
@@ -348,7 +347,8 @@ def whole_jpeg_bytes(sample: Sample, edge: LoadedModel) -> int | None:
         if sample.array is not None:
             return full_image_bytes(sample.array, "jpeg", 90)
         assert sample.path is not None
-        image = load_image(sample.path, edge.preprocessing.channels)
+        channels = edge.channels if hasattr(edge, "channels") else edge.preprocessing.channels
+        image = load_image(sample.path, channels)
         return None if image is None else full_image_bytes(image, "jpeg", 90)
     except WireError as exc:  # Pillow could not write it (e.g. noise): no baseline for it
         logger.debug("%s: no whole-JPEG baseline: %s", sample.file, exc)
@@ -356,7 +356,7 @@ def whole_jpeg_bytes(sample: Sample, edge: LoadedModel) -> int | None:
 
 
 def _edge_result(
-    edge: LoadedModel,
+    edge: LoadedModel | OnnxEdge,
     d: EdgeDecision,
     source: str,
     attempts: int = 0,

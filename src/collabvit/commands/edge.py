@@ -10,6 +10,9 @@ input order at the end; SIGINT or SIGTERM ends the run early with what was
 answered (--resume answers the rest). With --baseline-bytes the
 summary also compares the bytes sent with uploading every whole image as a
 JPEG q90 file (a measurement, off by default). See docs/serving.md.
+
+Without torch: --runtime onnx --model edge.onnx runs a `collabvit export` file with
+ONNX Runtime (docs/edge-device.md); file and server geometry are checked first.
 """
 
 from __future__ import annotations
@@ -30,14 +33,35 @@ from .serve import _skip_final_gc
 if TYPE_CHECKING:
     from ..client import ClientConfig, EdgeClient, ImageResult
     from ..data import Sample
+    from ..onnx_edge import EdgePoint, OnnxEdge
 
 log = logging.getLogger("collabvit.edge")
 
 HELP = "edge client: classify locally, send uncertain images' patches to a server"
 
 
+def _add_runtime_options(runtime: Any) -> None:
+    runtime.add_argument(
+        "--runtime",
+        default="torch",
+        choices=("torch", "onnx"),
+        help="torch: the edge model --edge NAME (research install); onnx: an exported "
+        "--model FILE.onnx with ONNX Runtime (no torch)",
+    )
+    runtime.add_argument(
+        "--model", metavar="FILE.onnx", help="--runtime onnx: the file `collabvit export` wrote"
+    )
+    runtime.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        metavar="EP[,EP...]",
+        help="--runtime onnx: ONNX Runtime execution providers, in order of preference",
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_options(parser, roles=("edge",))
+    add_model_options(parser, roles=("edge",), defaults={"edge": ""})
+    _add_runtime_options(parser.add_argument_group("runtime"))
     add_point_options(parser)
     parser.add_argument(
         "inputs", nargs="+", metavar="IMAGE|DIR", help="image files, or one folder of images"
@@ -92,7 +116,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="before the first upload, wait up to S seconds for the server's /healthz",
     )
     net.add_argument(
-        "--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)"
+        "--threads", type=int, metavar="N", help="CPU threads of the runtime (default: its choice)"
     )
     net.add_argument(
         "--baseline-bytes",
@@ -146,19 +170,22 @@ def execute(args: argparse.Namespace) -> int:
     """The command, without the fast exit: the exit status (docs/serving.md, Exit status)."""
     from ..cli import load_role, point_from_args, progress_bar
     from ..client import EdgeClient, JsonlWriter, summarise, write_jsonl
+    from ..errors import ConfigError
 
-    if args.threads is not None:
+    if args.runtime == "torch" and args.threads is not None:
         import torch
 
         torch.set_num_threads(max(1, args.threads))
-    point = point_from_args(args)
+    if args.runtime == "torch" and not args.edge:
+        raise ConfigError("--edge NAME is required (or --runtime onnx --model FILE.onnx)")
+    point = point_from_args(args) if args.runtime == "torch" else _edge_point(args)
     config = _config(args)  # a bad token or option fails here, before any work
     samples = _samples(args)
     out = Path(args.out)
     kept = _resumable(out, samples) if args.resume else []
     done = {r.file for r in kept}
     todo = [s for s in samples if s.file not in done]
-    edge = load_role(args, "edge")
+    edge = _load_edge(args, config) if args.runtime == "onnx" else load_role(args, "edge")
     write_jsonl(kept, out)  # the lines a resumed run keeps (none for a fresh run)
     with JsonlWriter(out, append=True) as sink, progress_bar(len(todo), "edge") as bar:
 
@@ -183,6 +210,48 @@ def execute(args: argparse.Namespace) -> int:
         print(f"collabvit edge: error: {failure} (answers in {out})", file=sys.stderr)
         return 1
     return 0
+
+
+def _edge_point(args: argparse.Namespace) -> EdgePoint:
+    """The operating point of the ONNX edge (torch-free ``EdgePoint``): options or ``--point``."""
+    from ..errors import ConfigError
+    from ..onnx_edge import EdgePoint
+
+    if args.point is not None:
+        from ..calibration import read_point
+
+        given = getattr(args, "point_flags_given", [])
+        if given:
+            raise ConfigError(f"--point {args.point} fixes the operating point: drop {given[0]}")
+        return EdgePoint(**read_point(args.point))
+    names = ("score", "rule", "threshold", "measure", "eta", "include_crossing", "seed")
+    return EdgePoint(**{name: getattr(args, name) for name in names})
+
+
+def _load_edge(args: argparse.Namespace, config: ClientConfig) -> OnnxEdge:
+    """The exported model, checked against the server's ``/healthz`` geometry if it answers.
+
+    (A server that does not answer is no error here: the run answers on the edge.)
+    """
+    import httpx
+
+    from ..errors import ConfigError
+    from ..onnx_edge import check_server, load_edge
+
+    if not args.model:
+        raise ConfigError("--runtime onnx needs --model FILE.onnx (written by collabvit export)")
+    providers = [p.strip() for p in args.providers.split(",") if p.strip()]
+    edge = load_edge(args.model, providers, args.threads)
+    try:
+        health = httpx.get(f"{config.server_url.rstrip('/')}/healthz", timeout=5.0)
+        health.raise_for_status()
+        answer = health.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        log.warning("%s/healthz did not answer (%s): geometry not checked", config.server_url, exc)
+        return edge
+    if isinstance(answer, dict):
+        check_server(edge, answer)
+    return edge
 
 
 def _config(args: argparse.Namespace) -> ClientConfig:
