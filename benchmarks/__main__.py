@@ -2,7 +2,7 @@
 
 Options: ``--quick`` (small sizes, about a minute), ``--device cpu|cuda``,
 ``--only NAME`` (repeatable or comma-separated: subset, tokens, edge, sweep,
-serve, bytes), ``--out docs/benchmarks.md`` (the JSON goes next to it),
+serve, bytes, onnx), ``--out docs/benchmarks.md`` (the JSON goes next to it),
 ``--threads N`` (intra-op threads on the CPU; default 1, see below),
 ``--clock cpu|wall``.
 
@@ -48,6 +48,7 @@ ITEMS = {
     "sweep": "bench_sweep",
     "serve": "bench_serve",
     "bytes": "bench_bytes",
+    "onnx": "bench_onnx",
 }
 
 

@@ -99,6 +99,8 @@ class Sizes:
     bytes_images: int = 0  # 0: every image of the data set
     bytes_batch: int = 32
     bytes_workers: int = 4  # threads, each with its own copy of the edge model
+    onnx_images: int = 16  # photos timed one at a time (ONNX Runtime vs torch)
+    onnx_venv: bool = True  # build a fresh collabvit[edge] venv (pip, from PyPI) to measure
     label: str = "full"
 
     @classmethod
@@ -131,6 +133,7 @@ class Sizes:
             serve_concurrency=4,
             bytes_images=32,
             bytes_batch=32,
+            onnx_images=4,
             label="quick",
         )
 

@@ -52,6 +52,8 @@ def _smoke_sizes(edge: Path, server: Path) -> Sizes:
         bytes_edge=str(edge),
         bytes_images=3,
         bytes_batch=2,
+        onnx_images=2,
+        onnx_venv=False,  # no pip install from PyPI in the smoke run
         label="smoke",
     )
 
@@ -95,7 +97,10 @@ def test_harness_writes_the_report(
     assert [run["items"] for run in report["runs"]] == [names_of(report)]
     assert {"cpu_model", "logical_cores", "torch", "intra_op_threads"} <= set(report["machine"])
     names = [r["name"] for r in report["results"]]
-    assert names == ["subset", "tokens", "edge", "sweep", "serve", "serve-paper", "bytes"]
+    assert names == [
+        *("subset", "tokens", "edge", "sweep", "serve", "serve-paper", "bytes"),
+        *("onnx-import", "onnx-rss", "onnx-latency"),
+    ]
     for r in report["results"]:
         assert set(r) >= RESULT_KEYS, r["name"]
         assert r["status"] == "measured", (r["name"], r["notes"])
