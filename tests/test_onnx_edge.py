@@ -238,6 +238,7 @@ def test_providers_pixels_and_server_geometry_are_checked(fmnist_onnx) -> None:
     _, path = fmnist_onnx
     with pytest.raises(ConfigError, match="not in this onnxruntime build"):
         load_edge(path, providers=["NoSuchExecutionProvider"])
+    assert load_edge(path, [("CPUExecutionProvider", {})]).providers == ["CPUExecutionProvider"]
     edge = load_edge(path)
     with pytest.raises(ConfigError, match=r"takes uint8 \(B, 1, 28, 28\)"):
         edge.forward(np.zeros((2, 3, 28, 28), np.uint8))

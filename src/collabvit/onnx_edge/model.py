@@ -20,13 +20,15 @@ import numpy.typing as npt
 from ..errors import ConfigError, ModelError
 from .metadata import EdgeMetadata
 
-__all__ = ["DEFAULT_PROVIDERS", "OnnxEdge", "check_server", "load_edge"]
+__all__ = ["DEFAULT_PROVIDERS", "OnnxEdge", "Provider", "check_server", "load_edge"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
 Float32 = npt.NDArray[np.float32]
+Provider = str | tuple[str, dict[str, Any]]
+"""An execution provider's name, or ``(name, provider options)`` as ONNX Runtime takes them."""
 
 
 def _ort() -> Any:
@@ -50,10 +52,10 @@ def _options(ort: Any, threads: int | None) -> Any:
     return options
 
 
-def _providers(ort: Any, providers: Sequence[str] | None) -> list[str]:
+def _providers(ort: Any, providers: Sequence[Provider] | None) -> list[Provider]:
     wanted = list(providers or DEFAULT_PROVIDERS)
     available = ort.get_available_providers()
-    missing = [p for p in wanted if p not in available]
+    missing = [n for n in (p if isinstance(p, str) else p[0] for p in wanted) if n not in available]
     if missing:
         raise ConfigError(
             f"execution provider(s) {', '.join(missing)} not in this onnxruntime build "
@@ -62,7 +64,7 @@ def _providers(ort: Any, providers: Sequence[str] | None) -> list[str]:
     return wanted
 
 
-def _session(path: Path, providers: Sequence[str] | None, threads: int | None) -> Any:
+def _session(path: Path, providers: Sequence[Provider] | None, threads: int | None) -> Any:
     if not path.is_file():
         raise ModelError(f"edge model {path} does not exist: export one with `collabvit export`")
     ort = _ort()
@@ -106,14 +108,15 @@ class OnnxEdge:
         path: the ``.onnx`` file written by ``collabvit export``.
         providers: ONNX Runtime execution providers in order of preference
             (default: the CPU); e.g. ``("TensorrtExecutionProvider",
-            "CUDAExecutionProvider", "CPUExecutionProvider")`` on a Jetson.
+            "CUDAExecutionProvider", "CPUExecutionProvider")`` on a Jetson; an
+            entry may be ``(name, {option: value})``.
         threads: intra-op threads (default: ONNX Runtime's choice).
     """
 
     def __init__(
         self,
         path: str | Path,
-        providers: Sequence[str] | None = None,
+        providers: Sequence[Provider] | None = None,
         threads: int | None = None,
     ) -> None:
         self.path = Path(path)
@@ -158,7 +161,7 @@ class OnnxEdge:
 
 
 def load_edge(
-    path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None
+    path: str | Path, providers: Sequence[Provider] | None = None, threads: int | None = None
 ) -> OnnxEdge:
     """Load and check an exported edge model (see :class:`OnnxEdge`)."""
     edge = OnnxEdge(path, providers, threads)
