@@ -357,6 +357,52 @@ def test_deit_onnx_edge_decides_as_the_torch_edge_on_1300_photos(
     assert fp32_agreement >= AGREEMENT, f"fp32 agrees on {fp32_agreement:.4%}"
 
 
+def _in_process(app: object, edge: object, point: object, samples: list) -> list:
+    import asyncio
+
+    async def main() -> list:
+        async with app.router.lifespan_context(app):  # type: ignore[attr-defined]
+            transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+            config = ClientConfig("http://collabvit.test", concurrency=3, batch_size=64)
+            return await EdgeClient(edge, point, config, transport).arun(samples)  # type: ignore[arg-type]
+
+    return asyncio.run(main())
+
+
+def test_the_client_answers_alike_with_either_runtime(fmnist_onnx) -> None:
+    from collabvit.server import ServerConfig, create_app
+
+    edge, path = fmnist_onnx
+    samples = shipped_samples(300)
+    probe = _flatten(TorchEdge(edge, OperatingPoint()).batches(samples, 300, None), 49)
+    point = _torch_point(probe["values"])
+    app = create_app(load_model("fmnist-base"), ServerConfig(max_wait_ms=5))
+    want = _in_process(app, edge, point, samples)
+    got = _in_process(app, load_edge(path, threads=1), EdgePoint(eta=point.eta), samples)
+    assert {r.source for r in want} == {"edge", "server"}
+    fields = ("file", "prediction", "source", "patches_sent", "bytes_sent", "edge_prediction")
+    for g, w in zip(got, want, strict=True):
+        assert {f: getattr(g, f) for f in fields} == {f: getattr(w, f) for f in fields}
+
+
+def test_cli_refuses_a_bad_model_file_in_one_line(
+    tmp_path: Path, photo_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from collabvit.cli import main
+
+    (tmp_path / "edge.onnx").write_bytes(b"\x00not onnx")
+    base = [str(photo_dir), "--labels", str(photo_dir / "labels.csv"), "--out", str(tmp_path / "a")]
+    base += ["--server-url", "http://127.0.0.1:9"]
+    assert main(["edge", "--runtime", "onnx", "--model", str(tmp_path / "edge.onnx"), *base]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not an ONNX model" in err[0], err
+    assert main(["edge", "--runtime", "onnx", *base]) == 2
+    assert "needs --model" in capsys.readouterr().err
+    assert main(["edge", *base]) == 2
+    assert "--edge NAME is required" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists(), "nothing written before the model is checked"
+
+
 # ----------------------------------------------------------------------------- the device install
 
 

@@ -180,12 +180,13 @@ def execute(args: argparse.Namespace) -> int:
         raise ConfigError("--edge NAME is required (or --runtime onnx --model FILE.onnx)")
     point = point_from_args(args) if args.runtime == "torch" else _edge_point(args)
     config = _config(args)  # a bad token or option fails here, before any work
+    edge = _load_edge(args, config) if args.runtime == "onnx" else None  # file, /healthz
     samples = _samples(args)
     out = Path(args.out)
     kept = _resumable(out, samples) if args.resume else []
     done = {r.file for r in kept}
     todo = [s for s in samples if s.file not in done]
-    edge = _load_edge(args, config) if args.runtime == "onnx" else load_role(args, "edge")
+    edge = edge or load_role(args, "edge")
     write_jsonl(kept, out)  # the lines a resumed run keeps (none for a fresh run)
     with JsonlWriter(out, append=True) as sink, progress_bar(len(todo), "edge") as bar:
 

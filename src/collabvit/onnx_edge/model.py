@@ -73,7 +73,8 @@ def _session(path: Path, providers: Sequence[Provider] | None, threads: int | No
     try:
         return ort.InferenceSession(str(path), options, providers=chosen)
     except Exception as exc:  # ORT raises its own types (InvalidProtobuf, Fail, ...)
-        reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        reason = text.rsplit("failed:", 1)[-1].strip()[:200]  # ORT: "Load model from P failed:X"
         raise ModelError(
             f"{path} is not an ONNX model ONNX Runtime can load ({reason}): export the edge "
             "model with `collabvit export --edge NAME --out FILE.onnx`"
