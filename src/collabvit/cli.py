@@ -22,6 +22,7 @@ __all__ = [
     "add_model_options",
     "add_point_options",
     "load_pair",
+    "load_samples",
     "main",
     "point_from_args",
     "progress_bar",
@@ -251,6 +252,21 @@ def load_pair(args: argparse.Namespace) -> tuple[Any, Any]:
     edge, server = load_role(args, "edge"), load_role(args, "server")
     check_pair(edge, server)
     return edge, server
+
+
+def load_samples(args: argparse.Namespace, num_classes: int) -> list[Any]:
+    """The images of :func:`add_data_options` options, labelled for a model of ``num_classes``."""
+    from .data import discover
+
+    samples, _ = discover(
+        args.data,
+        args.labels,
+        args.limit,
+        num_classes=num_classes,
+        class_map=args.class_map,
+        subset_seed=args.subset_seed,
+    )
+    return samples
 
 
 def progress_bar(total: int, desc: str, unit: str = "img") -> Any:

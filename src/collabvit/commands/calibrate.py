@@ -140,21 +140,13 @@ def edge_point_count(grid: SweepGrid) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import load_pair
-    from ..data import discover
+    from ..cli import load_pair, load_samples
     from ..sweep import calibration_outcomes, data_identity, model_identity, run_sweep
     from .sweep import sweep_progress
 
     grid = check_arguments(args)
     edge, server = load_pair(args)
-    samples, _ = discover(
-        args.data,
-        args.labels,
-        args.limit,
-        num_classes=server.num_classes,
-        class_map=args.class_map,
-        subset_seed=args.subset_seed,
-    )
+    samples = load_samples(args, server.num_classes)
     if not any(s.label >= 0 for s in samples):
         raise DataError(_UNLABELLED.format(data=args.data))
     if _has_auto(grid):

@@ -14,6 +14,7 @@ from ..cli import (
     add_model_options,
     add_point_options,
     load_pair,
+    load_samples,
     point_from_args,
     progress_bar,
 )
@@ -37,19 +38,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import discover
     from ..engine import evaluate, write_records, write_summary
 
     point = point_from_args(args)
     edge, server = load_pair(args)
-    samples, _ = discover(
-        args.data,
-        args.labels,
-        args.limit,
-        num_classes=server.num_classes,
-        class_map=args.class_map,
-        subset_seed=args.subset_seed,
-    )
+    samples = load_samples(args, server.num_classes)
     with progress_bar(len(samples), "evaluate") as bar:
         result = evaluate(
             edge,

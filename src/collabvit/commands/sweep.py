@@ -23,7 +23,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..cli import add_data_options, add_model_options, load_pair, progress_bar
+from ..cli import add_data_options, add_model_options, load_pair, load_samples, progress_bar
 
 HELP = "a grid of operating points in one pass: results, frontier, tables, figures"
 
@@ -87,20 +87,12 @@ def sweep_progress(stack: ExitStack) -> Callable[[str, int, int], None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..data import discover
     from ..report import describe_point, write_outputs
     from ..sweep import SweepGrid, run_sweep
 
     grid = SweepGrid.named(args.grid)
     edge, server = load_pair(args)
-    samples, _ = discover(
-        args.data,
-        args.labels,
-        args.limit,
-        num_classes=server.num_classes,
-        class_map=args.class_map,
-        subset_seed=args.subset_seed,
-    )
+    samples = load_samples(args, server.num_classes)
     out = Path(args.out)
     start = time.monotonic()
     with ExitStack() as stack:
