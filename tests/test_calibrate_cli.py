@@ -71,9 +71,11 @@ def test_random_deit_on_the_real_photos_certifies_nothing(
     assert "NO POINT IS CERTIFIED to lose at most 1 point at risk 0.1" in printed
     assert "closest: " in printed and "100 images are too few" in printed
     assert "not clearly more accurate than the edge alone" in printed  # random weights
+    assert "the server alone is not above chance (" in printed
     body = json.loads((out / "calibrated.json").read_text())
     assert body["format"] == "collabvit-calibrated/1"
     assert body["point"] is None and body["certified"] is False and body["chosen"] is None
+    assert "guessing gets 0.1%" in body["refused"]
     assert body["closest"]["certified"] is False and body["closest"]["p_value"] > 0.1
     assert body["guarantee"]["max_drop_points"] == 1.0 and body["guarantee"]["min_images"] == 230
     assert len(body["points"]) == 5 and not any(p["certified"] for p in body["points"])

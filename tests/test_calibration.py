@@ -16,6 +16,7 @@ from collabvit.calibration import (
     binomial_cdf,
     binomial_pvalue,
     calibrate,
+    chance_pvalue,
     clopper_pearson_lower,
     clopper_pearson_upper,
     hoeffding_bentkus_pvalue,
@@ -126,6 +127,38 @@ def test_calibrate_picks_the_cheapest_certified_point() -> None:
     for alpha in (0.0, 1.0, 1.5):
         with pytest.raises(ConfigError, match="risk"):
             calibrate(o, 1.0, alpha)
+
+
+def test_chance_pvalue_is_the_upper_binomial_tail() -> None:
+    # P(Binom(1300, 1/1000) >= k), summed by hand
+    def tail(k: int, n: int, p: float) -> float:
+        return 1 - sum(math.comb(n, i) * p**i * (1 - p) ** (n - i) for i in range(k))
+
+    for k in (1, 2, 4, 9):
+        assert chance_pvalue(k, 1300, 1e-3) == pytest.approx(tail(k, 1300, 1e-3), rel=1e-9)
+    assert chance_pvalue(0, 1300, 1e-3) == 1.0 and chance_pvalue(5, 0, 0.1) == 1.0
+    assert chance_pvalue(900, 1000, 0.1) < 1e-100
+
+
+def test_a_server_at_chance_certifies_nothing_whatever_the_losses() -> None:
+    # a random-weight server: right on 1 of 1000 images (10 classes: chance 10 %), and
+    # every point agrees with it, so every loss is 0 and every p-value tiny
+    n = 1000
+    server = np.arange(n) < 1
+    correct = np.tile(server, (2, 1))
+    patches = np.stack([np.full(n, 49), np.full(n, 5)])
+    o = Outcomes(server, correct, patches, 49, ((0, 1),))
+    plain = calibrate(o, max_drop=1.0, alpha=0.1)
+    assert plain.certified.all() and plain.refused is None  # vacuous without the check
+    cal = calibrate(o, max_drop=1.0, alpha=0.1, chance=0.1)
+    assert not cal.certified.any() and cal.chosen is None
+    assert cal.refused is not None and "not above chance (1 of 1000 right" in cal.refused
+    assert cal.p_values.tolist() == plain.p_values.tolist()  # reported all the same
+    # an informative server (900 of 1000 at chance 10 %) is certified as before
+    real = _outcomes()
+    same = calibrate(real, max_drop=2.0, alpha=0.1, chance=0.1)
+    assert same.refused is None
+    assert same.certified.tolist() == calibrate(real, 2.0, 0.1).certified.tolist()
 
 
 def test_budget_is_the_most_accurate_within_cost_with_a_union_bound() -> None:

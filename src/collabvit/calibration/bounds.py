@@ -18,6 +18,7 @@ __all__ = [
     "P_VALUES",
     "binomial_cdf",
     "binomial_pvalue",
+    "chance_pvalue",
     "check_risk",
     "clopper_pearson_lower",
     "clopper_pearson_upper",
@@ -129,6 +130,20 @@ def min_images_to_certify(max_risk: float, level: float) -> int | None:
     if max_risk >= 1.0:
         return 0
     return math.ceil(math.log(level) / math.log1p(-max_risk))
+
+
+def chance_pvalue(correct: int, n: int, chance: float) -> float:
+    """p-value of "the server is no better than guessing": ``P(Binom(n, chance) >= correct)``.
+
+    The guarantee of :func:`collabvit.calibration.calibrate` bounds the drop
+    *against the server*; when the server itself may be answering at random
+    (accuracy not above ``chance`` = 1 / classes), every point is trivially
+    within any drop of it and the certificate says nothing. A small p-value
+    rejects that null (exact one-sided binomial test).
+    """
+    if n <= 0 or correct <= 0:
+        return 1.0
+    return max(0.0, 1.0 - binomial_cdf(correct - 1, n, chance))
 
 
 def check_risk(alpha: float) -> None:

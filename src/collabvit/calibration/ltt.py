@@ -17,7 +17,7 @@ import numpy.typing as npt
 
 from ..errors import ConfigError
 from ..metrics import wilson_interval
-from .bounds import P_VALUES, check_risk, clopper_pearson_lower
+from .bounds import P_VALUES, chance_pvalue, check_risk, clopper_pearson_lower
 
 __all__ = [
     "PROCEDURES",
@@ -146,6 +146,7 @@ class Calibration:
     certified: Bools  # (m,)
     chosen: int | None  # the cheapest certified point
     closest: int | None  # when none is certified: the point nearest to it (smallest p)
+    refused: str | None = None  # why nothing may be certified whatever the p-values
 
 
 def calibrate(
@@ -154,6 +155,7 @@ def calibrate(
     alpha: float,
     p_value: str = "binomial",
     procedure: str = "chains",
+    chance: float | None = None,
 ) -> Calibration:
     """Learn-then-Test: the cheapest point certified to lose at most ``max_drop`` points.
 
@@ -167,6 +169,11 @@ def calibrate(
         alpha: the risk of the guarantee, in (0, 1).
         p_value: a name in :data:`P_VALUES`.
         procedure: ``chains`` (:func:`reject_chains`) or ``bonferroni``.
+        chance: the accuracy of guessing (1 / classes). When given, nothing is
+            certified unless the server alone is above it at level ``alpha``
+            (:func:`~collabvit.calibration.bounds.chance_pvalue`): a drop
+            against a server that answers at random guarantees nothing (random
+            or untrained weights). Refusing more never breaks the guarantee.
     """
     if not math.isfinite(max_drop) or max_drop < 0:
         raise ConfigError(f"--max-drop must be a number of accuracy points >= 0, got {max_drop}")
@@ -183,6 +190,16 @@ def calibrate(
         certified = reject_bonferroni(p.tolist(), alpha)
     else:
         raise ConfigError(f"unknown procedure {procedure!r}: use one of {', '.join(PROCEDURES)}")
+    refused = None
+    if chance is not None:
+        server = int(outcomes.server_correct.sum())
+        if chance_pvalue(server, n, chance) > alpha:
+            certified = np.zeros_like(certified)
+            refused = (
+                f"the server alone is not above chance ({server} of {n} right; guessing gets "
+                f"{100 * chance:.2g}%): a drop against it guarantees nothing (random or "
+                "untrained weights?)"
+            )
     costs = outcomes.costs()
     correct = outcomes.correct.sum(axis=1)
     chosen = closest = None
@@ -192,7 +209,7 @@ def calibrate(
         chosen = hits[0]
     elif len(p):
         closest = int(np.lexsort((costs, p))[0])  # smallest p-value, then the cheaper
-    return Calibration(max_drop, alpha, n, losses, costs, p, certified, chosen, closest)
+    return Calibration(max_drop, alpha, n, losses, costs, p, certified, chosen, closest, refused)
 
 
 @dataclass(frozen=True)

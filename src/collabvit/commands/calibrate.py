@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             progress=sweep_progress(stack),
         )
     points, outcomes = calibration_outcomes(result)
-    body = calibrate_body(args, points, outcomes, grid)
+    body = calibrate_body(args, points, outcomes, grid, chance=1.0 / server.num_classes)
     body["calibration"]["edge_accuracy"] = result.edge_accuracy
     body["data"] = data_identity(samples)
     body["models"] = {"edge": model_identity(edge), "server": model_identity(server)}
@@ -188,16 +188,26 @@ def _has_auto(grid: SweepGrid) -> bool:
 
 
 def calibrate_body(
-    args: argparse.Namespace, points: list[GridPoint], outcomes: Outcomes, grid: SweepGrid
+    args: argparse.Namespace,
+    points: list[GridPoint],
+    outcomes: Outcomes,
+    grid: SweepGrid,
+    chance: float | None = None,
 ) -> dict[str, Any]:
-    """``calibrated.json`` without the data and model identities."""
+    """``calibrated.json`` without the data and model identities.
+
+    ``chance`` (1 / the server's classes): nothing is certified unless the
+    server alone is above it (see :func:`collabvit.calibration.calibrate`).
+    """
     from ..calibration import calibrate, most_accurate_within
     from ..metrics import wilson_interval
 
     n = outcomes.images
     cal = budget = None
     if args.max_drop is not None:
-        cal = calibrate(outcomes, args.max_drop, args.risk, args.p_value, args.procedure)
+        cal = calibrate(
+            outcomes, args.max_drop, args.risk, args.p_value, args.procedure, chance=chance
+        )
     if args.max_cost is not None:
         budget = most_accurate_within(outcomes, args.max_cost, args.risk)
     chosen = cal.chosen if cal is not None else (budget.chosen if budget is not None else None)
@@ -209,6 +219,7 @@ def calibrate_body(
         "point": _operating_point(points[chosen], grid) if chosen is not None else None,
         "description": _describe(points[chosen]) if chosen is not None else None,
         "certified": bool(cal is not None and cal.chosen is not None),
+        "refused": cal.refused if cal is not None else None,
         "guarantee": _guarantee(args, cal, n),
         "chosen": table.report(chosen),
         "closest": table.report(cal.closest if cal is not None else None),
@@ -354,6 +365,8 @@ def _drop_lines(body: dict[str, Any], g: dict[str, Any]) -> list[str]:
             f"loss rate {_pct(c['loss_rate'])}, communication cost {c['communication_cost']:.4f}",
         ]
     lines = [f"NO POINT IS CERTIFIED to lose at most {_points(d)} at risk {risk:g}"]
+    if body.get("refused"):
+        lines.append(f"  {body['refused']}")
     near = body["closest"]
     if near is not None:
         lines.append(
