@@ -4,9 +4,11 @@ A data folder is either an ImageFolder (one sub-folder per class; synset,
 numeric or ``--class-map`` folders mapped to the model's classes, see
 :func:`collabvit.labels.folder_classes`) or a flat folder with a labels file
 (our CSV, the devkit's ground-truth txt or Kaggle's CSV; :mod:`collabvit.labels`).
-Unreadable or non-image files are skipped with a warning and counted, never
-silently dropped; grey, CMYK, palette and alpha images are converted to the
-model's channels.
+Images at the top level beside sub-folders are neither, and an error (say which
+with ``--labels``). Every image under the folder is a sample or a
+:class:`Skipped` with its reason (not in the labels file, hidden, not an image
+file), counted in one warning; unreadable files are skipped and counted when
+loaded. Grey, CMYK, palette and alpha images are converted to the model's channels.
 
 Preprocessing (DeiT evaluation): resize the shorter side to
 ``floor(H / crop_pct)``, centre-crop ``H x W``. The uint8 result is what the
@@ -16,17 +18,18 @@ edge puts on the wire; each model normalises it with its own mean and std.
 from __future__ import annotations
 
 import logging
-import random
+import os
+import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
-from .labels import folder_classes, read_labels
+from .labels import folder_classes, read_labels, stratified_subset
 
 if TYPE_CHECKING:  # torch is imported where pixels become tensors: discovery needs none
     import torch
@@ -37,6 +40,7 @@ __all__ = [
     "Batch",
     "Preprocessing",
     "Sample",
+    "Skipped",
     "array_samples",
     "discover",
     "iter_batches",
@@ -47,18 +51,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-    ".webp",
-    ".ppm",
-    ".pgm",
-}
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}
+IMAGE_EXTENSIONS |= {".tif", ".tiff", ".ppm", ".pgm"}
 
 
 AUTHORS_CROP_PCT = 0.875  # DeiT evaluation: resize 256, centre crop 224
@@ -103,22 +97,58 @@ class Sample:
     array: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A file under the data folder that is no sample, and why (one line)."""
+
+    file: str  # relative to the data root
+    reason: str
+
+
 @dataclass
 class Batch:
     samples: list[Sample]
     pixels: torch.Tensor  # (B, C, H, W) uint8
 
 
+def _walk(root: Path) -> list[PurePath]:
+    """Every file under ``root``, relative to it, sorted folder by folder; symlinked
+    folders (class folders linked from elsewhere) are followed, each real one once."""
+    seen: set[tuple[int, int]] = set()
+    files: list[PurePath] = []
+    for top, dirs, names in os.walk(root, onerror=_raise, followlinks=True):
+        st = os.stat(top)
+        if (st.st_dev, st.st_ino) in seen:  # a link back up the tree
+            dirs.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        rel = PurePath(top).relative_to(root)
+        files.extend(rel / n for n in names if os.path.isfile(os.path.join(top, n)))
+    return sorted(files, key=lambda f: f.parts)
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
+def _hidden(path: PurePath) -> bool:
+    return any(part.startswith(".") for part in path.parts)
+
+
+def _is_image(path: PurePath) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
 def _labelled_entries(
-    labels_file: Path, root: Path, num_classes: int | None
-) -> list[tuple[str, int]]:
-    """The ``(file, label)`` entries of a labels file, checked against the data folder."""
+    labels_file: Path, root: Path, files: list[PurePath], num_classes: int | None
+) -> tuple[list[tuple[str, int]], str]:
+    """The ``(file, label)`` entries of a labels file, checked against the data folder,
+    and the reason an image it does not name is skipped."""
     found = read_labels(labels_file, num_classes)
+    unlisted = f"not in {found.format} labels file {labels_file.name}"
     if found.whole_split:  # devkit / Kaggle: stems of a whole split, keep those present
         present = {
-            f.stem: f.name
-            for f in sorted(root.iterdir())
-            if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS
+            f.stem: f.name for f in files if len(f.parts) == 1 and not _hidden(f) and _is_image(f)
         }
         entries = [(present[stem], label) for stem, label in found.entries if stem in present]
         if not entries:
@@ -128,80 +158,60 @@ def _labelled_entries(
                 f"{labels_file} is in {root} (first: {first}): is --data the right folder?"
             )
         if len(entries) < len(found.entries):
-            logger.info(
-                "%s labels file %s: %d of its %d images are in %s",
-                found.format,
-                labels_file,
-                len(entries),
-                len(found.entries),
-                root,
-            )
-        return entries
+            kept = f"{len(entries)} of its {len(found.entries)} images"
+            logger.info("%s labels file %s: %s are in %s", found.format, labels_file, kept, root)
+        return entries, unlisted
     missing = [f for f, _ in found.entries if not (root / f).is_file()]
     if missing:
         raise DataError(
             f"labels file {labels_file} names {len(missing)} file(s) missing from {root} "
             f"(first: {missing[0]}): fix the CSV or the --data folder"
         )
-    return found.entries
+    return found.entries, unlisted
 
 
 def _folder_entries(
-    root: Path, num_classes: int | None, class_map: str | Path | None
+    root: Path,
+    files: list[PurePath],
+    num_classes: int | None,
+    class_map: str | Path | None,
+    skipped: list[Skipped],
 ) -> tuple[list[tuple[str, int]], list[str] | None]:
-    """ImageFolder entries (class folders mapped by :func:`folder_classes`), or a flat folder's."""
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir())
-    if not subdirs:
-        files = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith("."))
-        ignored = [f.name for f in files if f.suffix.lower() not in IMAGE_EXTENSIONS]
-        if ignored:
-            logger.warning(
-                "ignoring %d file(s) without an image extension in %s (first: %s)",
-                len(ignored),
-                root,
-                ignored[0],
-            )
-        return [(f.name, -1) for f in files if f.suffix.lower() in IMAGE_EXTENSIONS], None
-    class_names = [d.name for d in subdirs]
-    classes = folder_classes(class_names, num_classes, class_map)
-    entries = [
-        (str(f.relative_to(root)), label)
-        for label, d in zip(classes, subdirs, strict=True)
-        for f in sorted(d.rglob("*"))
-        if f.is_file() and not f.name.startswith(".")
-    ]
-    return entries, class_names
+    """ImageFolder entries (class folders mapped by :func:`folder_classes`), or a flat folder's.
 
-
-def stratified_subset(
-    entries: Sequence[tuple[str, int]], limit: int, seed: int
-) -> list[tuple[str, int]]:
-    """A seeded, class-stratified subset of ``limit`` entries, in their original order.
-
-    Round-robin over the classes in a seeded order, each class's images in a
-    seeded order: with ``limit >= classes`` every class is drawn from, and class
-    counts differ by at most one (until a class runs out). Uses its own
-    ``random.Random(seed)``, never the global RNG.
+    Hidden sub-folders (``.ipynb_checkpoints``) are no classes; images at the top
+    level beside class folders are an error, not silently left out.
     """
-    rng = random.Random(seed)
-    by_class: dict[int, list[int]] = {}
-    for i, (_, label) in enumerate(entries):
-        by_class.setdefault(label, []).append(i)
-    order = sorted(by_class)
-    rng.shuffle(order)
-    queues = []
-    for label in order:
-        queue = by_class[label]
-        rng.shuffle(queue)
-        queues.append(queue)
-    picked: list[int] = []
-    depth = 0
-    while len(picked) < min(limit, len(entries)):
-        for queue in queues:
-            if depth < len(queue) and len(picked) < limit:
-                picked.append(queue[depth])
-        depth += 1
-    return [entries[i] for i in sorted(picked)]
+    subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    top = [f for f in files if len(f.parts) == 1 and not _hidden(f)]
+    if not subdirs:
+        skipped.extend(Skipped(str(f), "not an image file") for f in top if not _is_image(f))
+        return [(str(f), -1) for f in top if _is_image(f)], None
+    loose = [f.name for f in top if _is_image(f)]
+    if loose:
+        raise DataError(
+            f"data folder {root} holds {len(loose)} image(s) at its top level (first: "
+            f"{loose[0]}) and {len(subdirs)} sub-folder(s) (first: {subdirs[0]!r}): an "
+            "ImageFolder keeps every image in a class sub-folder, a flat folder has none; "
+            "move the images or the sub-folders, or give --labels FILE naming the images to use"
+        )
+    label_of = dict(zip(subdirs, folder_classes(subdirs, num_classes, class_map), strict=True))
+    entries = [
+        (str(f), label_of[f.parts[0]])
+        for f in files
+        if len(f.parts) > 1 and f.parts[0] in label_of and not _hidden(f)
+    ]
+    return entries, subdirs
+
+
+def _report(root: Path, skipped: list[Skipped], used: int) -> None:
+    """One warning for the files under ``root`` that are no sample (each of them with -v)."""
+    n, shown = len(skipped), ", ".join(f"{s.file} ({s.reason})" for s in skipped[:3])
+    if n:
+        more = f" and {n - 3} more (-v lists them)" if n > 3 else ""
+        logger.warning("skipping %d of %d file(s) in %s: %s%s", n, n + used, root, shown, more)
+    for s in skipped[3:]:
+        logger.debug("skipping %s: %s", s.file, s.reason)
 
 
 def discover(
@@ -212,6 +222,7 @@ def discover(
     num_classes: int | None = None,
     class_map: str | Path | None = None,
     subset_seed: int | None = None,
+    skipped: list[Skipped] | None = None,
 ) -> tuple[list[Sample], list[str] | None]:
     """List the images of a data folder, in a stable order.
 
@@ -224,20 +235,48 @@ def discover(
             classes are mapped by synset / number (:func:`collabvit.labels.folder_classes`).
             None (a caller that does not know the model): sorted folder position.
         class_map: a ``folder,class`` CSV for ImageFolder classes named otherwise.
+        skipped: if given, gets a :class:`Skipped` for each file under the folder that
+            is no sample (before ``limit``), with its reason; they are also logged.
 
     Returns:
         the samples and, for an ImageFolder, the class (sub-folder) names.
+
+    Raises:
+        DataError: one line: no such folder, a file, ``limit`` below 1, images both
+            at the top level and in sub-folders, a bad labels file, no image.
     """
     root = Path(data_dir)
+    if root.is_file():
+        raise DataError(
+            f"--data {root} is a file, not a folder: give the folder that holds the images "
+            "(a labels file goes to --labels)"
+        )
     if not root.is_dir():
         raise DataError(f"data folder {root} does not exist")
-    if limit is not None and limit < 0:
-        raise DataError(f"--limit must be at least 0, not {limit}")
+    if limit is not None and limit < 1:
+        raise DataError(f"--limit must be >= 1, not {limit}")
+    try:
+        files = _walk(root)
+    except OSError as exc:
+        where = exc.filename or root
+        raise DataError(f"cannot list data folder {where}: {exc.strerror or exc}") from None
     class_names: list[str] | None = None
+    left_out: list[Skipped] = []
+    unlisted = ""  # why an image a labels file does not name is no sample
     if labels_csv is not None:
-        entries = _labelled_entries(Path(labels_csv), root, num_classes)
+        entries, unlisted = _labelled_entries(Path(labels_csv), root, files, num_classes)
     else:
-        entries, class_names = _folder_entries(root, num_classes, class_map)
+        entries, class_names = _folder_entries(root, files, num_classes, class_map, left_out)
+    used = {posixpath.normpath(f) for f, _ in entries}
+    left_out += [
+        Skipped(str(f), "hidden" if _hidden(f) else unlisted)
+        for f in files
+        if _is_image(f) and str(f) not in used and (unlisted or _hidden(f))
+    ]
+    left_out.sort(key=lambda s: PurePath(s.file).parts)
+    _report(root, left_out, len(used))
+    if skipped is not None:
+        skipped.extend(left_out)
     if not entries:
         raise DataError(
             f"data folder {root} holds no images: use an ImageFolder (one sub-folder per class) "

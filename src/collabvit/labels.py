@@ -1,4 +1,5 @@
-"""Class labels: the ImageNet-1k tables, the one labels-file parser, ImageFolder class mapping.
+"""Class labels: the ImageNet-1k tables, the one labels-file parser, ImageFolder class mapping,
+seeded class-stratified subsets.
 
 Labels are right or loud: a label collabvit cannot tie to one of the model's
 classes is a :class:`~collabvit.errors.DataError` naming the first bad line or
@@ -22,7 +23,9 @@ Labels files, told apart by their content:
 
 The last two list a whole split: files they name that the data folder does not
 hold are skipped (a subset of the 50,000 images is fine). A CSV names exactly
-the images to use: a file it names that is missing is an error.
+the images to use: a file it names that is missing is an error. An image listed
+twice is used once: a repeated row is dropped with a warning, a second row with
+another class is an error.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from __future__ import annotations
 import csv
 import functools
 import logging
+import posixpath
+import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -47,6 +52,7 @@ __all__ = [
     "imagenet_synsets",
     "read_class_map",
     "read_labels",
+    "stratified_subset",
 ]
 
 logger = logging.getLogger(__name__)
@@ -128,6 +134,42 @@ class LabelFile:
     whole_split: bool = False
 
 
+def _why(exc: OSError | UnicodeDecodeError) -> str:
+    if isinstance(exc, UnicodeDecodeError):  # Excel's "Unicode text" is UTF-16
+        return f"it is not UTF-8 text ({exc.reason} at byte {exc.start}): save it as CSV UTF-8"
+    return exc.strerror or str(exc)
+
+
+def _once(path: Path, rows: list[tuple[str, int, int]]) -> list[tuple[str, int]]:
+    """``(name, index)`` of ``(name, index, line)`` rows, each image once.
+
+    A row repeating an image with the same class is dropped (one warning for all);
+    with another class it is an error: which of the two is right is not ours to guess.
+    """
+    first: dict[str, tuple[int, int]] = {}
+    entries, repeats = [], []
+    for name, index, line in rows:
+        key = posixpath.normpath(name)
+        if key in first:
+            if first[key][0] != index:
+                raise DataError(
+                    f"labels file {path} line {line}: {name} is listed again with class {index} "
+                    f"(line {first[key][1]} says {first[key][0]}): keep one of the rows"
+                )
+            repeats.append(line)
+            continue
+        first[key] = (index, line)
+        entries.append((name, index))
+    if repeats:
+        logger.warning(
+            "labels file %s: %d repeated row(s) dropped (first: line %d), each image is used once",
+            path,
+            len(repeats),
+            repeats[0],
+        )
+    return entries
+
+
 def read_labels(path: str | Path, num_classes: int | None = None) -> LabelFile:
     """Read any labels file collabvit knows (see the module docstring), detected from its content.
 
@@ -139,8 +181,7 @@ def read_labels(path: str | Path, num_classes: int | None = None) -> LabelFile:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise DataError(f"cannot read labels file {path}: {reason}") from None
+        raise DataError(f"cannot read labels file {path}: {_why(exc)}") from None
     lines = text.splitlines()
     first = next((line.strip() for line in lines if line.strip()), "")
     if NUMBER.fullmatch(first):
@@ -173,7 +214,7 @@ def _read_devkit(path: Path, lines: list[str], num_classes: int | None) -> Label
 
 
 def _read_kaggle(path: Path, reader: csv.DictReader[str], num_classes: int | None) -> LabelFile:
-    entries = []
+    rows: list[tuple[str, int, int]] = []
     for line, row in enumerate(reader, start=2):
         tokens = (row["PredictionString"] or "").split()
         where = f"labels file {path} line {line}"
@@ -181,13 +222,13 @@ def _read_kaggle(path: Path, reader: csv.DictReader[str], num_classes: int | Non
             raise DataError(f"{where}: needs an ImageId and a PredictionString")
         if not SYNSET.fullmatch(tokens[0]):
             raise DataError(f"{where}: PredictionString should start with a synset")
-        entries.append((row["ImageId"].strip(), class_index(tokens[0], num_classes, where)))
-    return LabelFile("kaggle", entries, whole_split=True)
+        rows.append((row["ImageId"].strip(), class_index(tokens[0], num_classes, where), line))
+    return LabelFile("kaggle", _once(path, rows), whole_split=True)
 
 
 def _read_csv(path: Path, reader: csv.DictReader[str], num_classes: int | None) -> LabelFile:
     check_synset = num_classes == IMAGENET_CLASSES
-    entries = []
+    rows: list[tuple[str, int, int]] = []
     for line, row in enumerate(reader, start=2):
         where = f"labels file {path} line {line}"
         label, synset = (row.get("label") or "").strip(), (row.get("synset") or "").strip()
@@ -203,8 +244,8 @@ def _read_csv(path: Path, reader: csv.DictReader[str], num_classes: int | None) 
                     f"{where}: label {label} is {imagenet_synsets()[index]} but the synset "
                     f"column says {synset} (class {other}): fix one of them"
                 )
-        entries.append((row["file"], index))
-    return LabelFile("csv", entries)
+        rows.append((row["file"], index, line))
+    return LabelFile("csv", _once(path, rows))
 
 
 def read_class_map(path: str | Path, num_classes: int | None = None) -> dict[str, int]:
@@ -214,8 +255,7 @@ def read_class_map(path: str | Path, num_classes: int | None = None) -> dict[str
         with open(path, newline="", encoding="utf-8-sig") as fh:
             rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError) as exc:
-        reason = getattr(exc, "strerror", None) or str(exc)
-        raise DataError(f"cannot read class map {path}: {reason}") from None
+        raise DataError(f"cannot read class map {path}: {_why(exc)}") from None
     mapping: dict[str, int] = {}
     for line, row in enumerate(rows, start=1):
         cells = [c.strip() for c in row]
@@ -290,3 +330,34 @@ def folder_classes(
         num_classes - 1,
     )
     return list(range(len(folders)))
+
+
+def stratified_subset(
+    entries: Sequence[tuple[str, int]], limit: int, seed: int
+) -> list[tuple[str, int]]:
+    """A seeded, class-stratified subset of ``limit`` entries, in their original order.
+
+    Round-robin over the classes in a seeded order, each class's images in a
+    seeded order: with ``limit >= classes`` every class is drawn from, and class
+    counts differ by at most one (until a class runs out). Uses its own
+    ``random.Random(seed)``, never the global RNG.
+    """
+    rng = random.Random(seed)
+    by_class: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(entries):
+        by_class.setdefault(label, []).append(i)
+    order = sorted(by_class)
+    rng.shuffle(order)
+    queues = []
+    for label in order:
+        queue = by_class[label]
+        rng.shuffle(queue)
+        queues.append(queue)
+    picked: list[int] = []
+    depth = 0
+    while len(picked) < min(limit, len(entries)):
+        for queue in queues:
+            if depth < len(queue) and len(picked) < limit:
+                picked.append(queue[depth])
+        depth += 1
+    return [entries[i] for i in sorted(picked)]
