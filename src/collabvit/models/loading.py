@@ -17,7 +17,6 @@ is detected before the hub client is asked, without touching its settings.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -30,6 +29,7 @@ from ..cost import vit_flops
 from ..data import AUTHORS_CROP_PCT, Preprocessing
 from ..errors import CheckpointError, ModelError
 from . import _vit, hub
+from ._model_json import check_built, read_model_json
 from .checkpoints import Checkpoint, fit_checkpoint, read_checkpoint, read_state_dict
 from .devices import resolve_device
 
@@ -136,18 +136,19 @@ def _load_config_model(
     random_init: int | None,
     ema: bool = False,
 ) -> LoadedModel:
-    try:
-        cfg = json.loads(config_path.read_text())
-        kwargs = dict(cfg["vit_kwargs"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"model config {config_path} is unreadable: {exc}") from None
+    cfg = read_model_json(config_path)
+    kwargs = dict(cfg["vit_kwargs"])
     try:
         if random_init is not None:
             model = _seeded(random_init, lambda: _vit.build_vit(kwargs))
         else:
             model = _vit.build_vit(kwargs)
-    except (TypeError, ValueError, AssertionError) as exc:
-        raise CheckpointError(f"model config {config_path} cannot build a ViT: {exc}") from None
+    except Exception as exc:  # timm's constructor fails in many ways on bad arguments
+        raise CheckpointError(
+            f"model config {config_path}: its vit_kwargs cannot build a ViT "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    check_built(cfg, model, config_path)
     source = f"random:{random_init}"
     if random_init is None:
         wpath = weights or config_path.with_suffix(".safetensors")
@@ -212,7 +213,8 @@ def load_model(
         )
     elif path_like.suffix == ".json":
         if not path_like.is_file():
-            raise ModelError(f"model config {name} does not exist")
+            what = "is a folder, not a file" if path_like.is_dir() else "does not exist"
+            raise ModelError(f"model config {name} {what}")
         loaded = _load_config_model(
             path_like, Path(checkpoint) if checkpoint else None, crop_pct, random_init, ema
         )
