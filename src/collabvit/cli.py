@@ -257,7 +257,11 @@ def load_pair(args: argparse.Namespace) -> tuple[Any, Any]:
 def load_samples(args: argparse.Namespace, num_classes: int) -> list[Any]:
     """The images of :func:`add_data_options` options, labelled for a model of ``num_classes``."""
     from .data import discover
+    from .fmnist import named_samples
 
+    named = named_samples(args.data, args.limit)  # fmnist, cfmnist[:SEED]: built-in test sets
+    if named is not None:
+        return named
     samples, _ = discover(
         args.data,
         args.labels,

@@ -6,6 +6,14 @@ classes. The idx files come from Debian's ``dataset-fashion-mnist`` package
 (``/usr/share/datasets/fashion-mnist``), any folder holding the four files
 (gzipped or not), or torchvision's downloader when online. The 10,000-image
 test split ships inside the package so that ``collabvit demo`` runs offline.
+
+Cluttered translated Fashion-MNIST (after the Cluttered Translated MNIST of
+Mnih et al., 2014, "Recurrent Models of Visual Attention", and Jaderberg et al.,
+2015, "Spatial Transformer Networks") is generated on the fly from the same idx
+data, seeded per image: a garment pasted at a uniformly random position on a
+larger black canvas, strewn with fragments (random crops) of other garments of
+the same split. No image file of it is stored; :func:`render_cluttered` rebuilds
+any image from ``(seed, index)``, with the object's box.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import gzip
 import logging
 import struct
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -23,8 +32,13 @@ from .errors import DataError
 __all__ = [
     "CLASS_NAMES",
     "DEBIAN_DIR",
+    "Clutter",
+    "Cluttered",
+    "cluttered_test_split",
     "load_split",
+    "named_samples",
     "read_idx",
+    "render_cluttered",
     "shipped_samples",
     "shipped_test_split",
 ]
@@ -134,3 +148,146 @@ def shipped_test_split() -> tuple[np.ndarray, np.ndarray]:
     base = resources.files("collabvit") / "assets" / "fashion-mnist"
     with resources.as_file(base) as folder:
         return load_split("test", Path(folder))
+
+
+@dataclass(frozen=True)
+class Clutter:
+    """How a cluttered canvas is made (defaults: 56x56, six 10x10 fragments)."""
+
+    canvas: int = 56
+    distractors: int = 6
+    fragment: int = 10
+    # a fragment may lie over at most this share of its area inside the object's box
+    max_overlap: float = 0.2
+    tries: int = 16  # placements drawn per fragment; none fitting -> the fragment is left out
+
+    def __post_init__(self) -> None:
+        if self.canvas < 28 or not 1 <= self.fragment <= 28 or self.distractors < 0:
+            raise DataError(
+                f"cluttered canvas {self.canvas} must be >= 28, fragment {self.fragment} in "
+                f"1..28 and distractors {self.distractors} >= 0"
+            )
+        if not 0.0 <= self.max_overlap < 1.0 or self.tries < 1:
+            raise DataError(f"max_overlap {self.max_overlap} must be in [0, 1), tries >= 1")
+
+
+@dataclass(frozen=True)
+class Cluttered:
+    """Rendered cluttered images and where everything went.
+
+    Boxes are ``(x0, y0, x1, y1)`` in canvas pixels, ``x1``/``y1`` exclusive.
+    ``boxes`` is the tight box of the object's non-zero pixels, ``offsets`` the
+    ``(y, x)`` top-left corner of its 28x28 paste, ``sources`` its index in the
+    split; ``fragment_boxes`` (N, K, 4) is -1 where a fragment was left out.
+    """
+
+    images: np.ndarray  # (N, canvas, canvas) uint8
+    labels: np.ndarray  # (N,)
+    boxes: np.ndarray  # (N, 4)
+    offsets: np.ndarray  # (N, 2)
+    sources: np.ndarray  # (N,)
+    fragment_boxes: np.ndarray  # (N, K, 4)
+
+    def object_mask(self, i: int, split_images: np.ndarray) -> np.ndarray:
+        """(canvas, canvas) bool: the pixels of image ``i``'s garment (its non-zero pixels)."""
+        canvas = self.images.shape[-1]
+        mask = np.zeros((canvas, canvas), dtype=bool)
+        (y, x), src = self.offsets[i], self.sources[i]
+        mask[y : y + 28, x : x + 28] = split_images[src] > 0
+        return mask
+
+
+def _tight_boxes(images: np.ndarray) -> np.ndarray:
+    """(N, 4) ``(x0, y0, x1, y1)`` of each 28x28 image's non-zero pixels (whole image if blank)."""
+    rows = np.asarray((images > 0).any(axis=2))
+    cols = np.asarray((images > 0).any(axis=1))
+    out = np.tile(np.array([0, 0, 28, 28]), (len(images), 1))
+    for k in range(len(images)):
+        if rows[k].any():
+            ys, xs = np.flatnonzero(rows[k]), np.flatnonzero(cols[k])
+            out[k] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return out
+
+
+def _overlap(box: np.ndarray, x: np.ndarray, y: np.ndarray, f: int) -> np.ndarray:
+    """Area of each ``f x f`` square at ``(x, y)`` inside ``box``."""
+    w = np.clip(np.minimum(x + f, box[2]) - np.maximum(x, box[0]), 0, None)
+    h = np.clip(np.minimum(y + f, box[3]) - np.maximum(y, box[1]), 0, None)
+    return w * h
+
+
+def render_cluttered(
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray | list[int],
+    seed: int,
+    clutter: Clutter = Clutter(),
+    tight: np.ndarray | None = None,
+) -> Cluttered:
+    """Cluttered canvases of ``images[indices]`` (28x28 uint8), each seeded by ``(seed, index)``.
+
+    Image ``i`` depends only on ``seed``, ``i``, ``clutter`` and the split, never on
+    which other indices are rendered with it. Fragments come from other images of
+    the split and are composited by maximum, so no object pixel is ever darkened.
+    ``tight``: the split's :func:`_tight_boxes`, to reuse across calls.
+    """
+    if seed < 0:
+        raise DataError(f"cluttered seed must be >= 0, not {seed}")
+    idx = np.asarray(indices, dtype=np.int64)
+    n, c, f, k = len(images), clutter.canvas, clutter.fragment, clutter.distractors
+    tight = _tight_boxes(images) if tight is None else tight
+    out = np.zeros((len(idx), c, c), dtype=np.uint8)
+    boxes = np.zeros((len(idx), 4), dtype=np.int64)
+    offsets = np.zeros((len(idx), 2), dtype=np.int64)
+    frags = np.full((len(idx), k, 4), -1, dtype=np.int64)
+    for j, i in enumerate(idx.tolist()):
+        rng = np.random.default_rng((seed, i))
+        oy, ox = rng.integers(0, c - 27, size=2)
+        src = rng.integers(0, max(1, n - 1), size=k)
+        src = src + (src >= i) if n > 1 else src  # never the object itself
+        crop = rng.integers(0, 29 - f, size=(k, 2))
+        cand = rng.integers(0, c - f + 1, size=(k, clutter.tries, 2))
+        box = tight[i] + np.array([ox, oy, ox, oy])
+        canvas = out[j]
+        canvas[oy : oy + 28, ox : ox + 28] = images[i]
+        for d in range(k):
+            fits = _overlap(box, cand[d, :, 1], cand[d, :, 0], f) <= clutter.max_overlap * f * f
+            if not fits.any():
+                continue
+            y, x = cand[d, int(np.argmax(fits))]
+            cy, cx = crop[d]
+            piece = images[src[d], cy : cy + f, cx : cx + f]
+            np.maximum(canvas[y : y + f, x : x + f], piece, out=canvas[y : y + f, x : x + f])
+            frags[j, d] = (x, y, x + f, y + f)
+        boxes[j], offsets[j] = box, (oy, ox)
+    return Cluttered(out, np.asarray(labels)[idx], boxes, offsets, idx, frags)
+
+
+def cluttered_test_split(
+    seed: int = 0, limit: int | None = None, clutter: Clutter = Clutter()
+) -> Cluttered:
+    """The cluttered test set: the shipped t10k split on canvases seeded by ``seed``."""
+    images, labels = shipped_test_split()
+    count = len(images) if limit is None else min(limit, len(images))
+    return render_cluttered(images, labels, np.arange(count), seed, clutter)
+
+
+def named_samples(name: str, limit: int | None = None) -> list | None:
+    """Samples of a built-in data name, or None when ``name`` is not one (or is a folder).
+
+    ``fmnist``: the shipped test split; ``cfmnist`` or ``cfmnist:SEED``: its
+    cluttered canvases (seed 0 by default). Names are ``t10k/00042`` /
+    ``cfmnist-SEED/00042``.
+    """
+    from .data import array_samples
+
+    base, _, seed_text = name.partition(":")
+    if Path(name).exists() or base not in ("fmnist", "cfmnist"):
+        return None
+    if base == "fmnist" and not seed_text:
+        return shipped_samples(limit)
+    if base == "fmnist" or (not seed_text.isdigit() and seed_text):
+        raise DataError(f"--data {name}: use fmnist, cfmnist or cfmnist:SEED (SEED >= 0)")
+    seed = int(seed_text or 0)
+    data = cluttered_test_split(seed, limit)
+    return array_samples(data.images, data.labels, prefix=f"cfmnist-{seed}/")
