@@ -233,3 +233,22 @@ def test_labels_outside_the_models_classes_are_one_line(
         shutil.copy(flat / rows[0][0], folders / number / "a.JPEG")
     with pytest.raises(DataError, match="class 1500 is not one of the model's classes"):
         discover(folders, num_classes=1000)
+
+
+def test_the_cli_warns_of_the_skipped_images_and_evaluates_the_rest(
+    flat: Path,
+    rows: list[tuple[str, str, str]],
+    tmp_path: Path,
+    small_pair: tuple[Path, Path],
+    caplog: pytest.LogCaptureFixture,
+    one_thread: None,
+) -> None:
+    labels = _csv(tmp_path / "labels.csv", [f"{f},{label}" for f, label, _ in rows[:4]])
+    records = tmp_path / "records.csv"
+    argv = _evaluate(small_pair, flat, "--labels", str(labels), "--records", str(records))
+    with caplog.at_level(logging.WARNING):
+        assert main(argv) == 0
+    assert len(records.read_text().splitlines()) == 1 + 4
+    warnings = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
+    assert len(warnings) == 1 and "skipping 2 of 6 file(s)" in warnings[0]
+    assert f"{rows[4][0]} (not in csv labels file labels.csv)" in warnings[0]
