@@ -37,8 +37,10 @@ ALLOWED: dict[str, set[str]] = {
     "calibration": {"metrics", "cost", "_arrays"},
     "models": {"attention", "cost", "data"},
     "pipeline": {"models", "attention", "selection", "gating", "data", "_arrays"},
-    "engine": {"pipeline", "metrics", "data", "wire", "models"},
+    "loader": {"data", "wire"},  # the torch DataLoader over data's samples
+    "engine": {"pipeline", "metrics", "data", "loader", "wire", "models"},
     "sweep": {
+        "loader",
         "calibration",
         "pipeline",
         "models",
@@ -82,6 +84,7 @@ FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
     "onnx_edge": {"torch", "timm", "torchvision"},
     "pipeline": {"timm"},
     "engine": {"timm"},
+    "loader": {"timm"},
     "sweep": {"timm"},
     "server": {"timm"},
     "client": {"timm"},

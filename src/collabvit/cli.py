@@ -126,6 +126,13 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> 
         "(default: no seed, the first N images in folder order)",
     )
     group.add_argument("--batch-size", type=int, default=64, metavar="B")
+    group.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="loader processes decoding the images (default: the usable cores; 0: in the "
+        "main process); the results do not depend on it",
+    )
 
 
 class _PointFlag(argparse.Action):

@@ -23,8 +23,9 @@ import numpy as np
 import torch
 
 from . import wire
-from .data import Sample, iter_batches
+from .data import Sample
 from .errors import DataError, WireError
+from .loader import iter_batches, resolve_workers
 from .metrics import (
     RECORD_FIELDS,
     ImageRecord,
@@ -221,6 +222,7 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
     codec: str | None = None,
     quality: int = 90,
+    workers: int | None = 0,
 ) -> EvaluationResult:
     """Run the collaborative system at one operating point over ``samples``.
 
@@ -233,14 +235,20 @@ def evaluate(
         codec: also measure bytes on the wire with this codec (raw, png, jpeg),
             next to whole-image JPEG (q=90) and PNG uploads of the same pixels.
         quality: JPEG quality of the ``jpeg`` codec.
+        workers: loader processes decoding the images (:mod:`collabvit.loader`; 0: this
+            process, None: the usable cores); the batches, hence the results, are the same.
     """
     check_pair(edge, server)
     skipped: list[Sample] = []
     records: list[ImageRecord] = []
     totals = _Totals()
     skipped_seen = 0
-    for batch in iter_batches(samples, edge.preprocessing, batch_size, skipped):
-        pixels = batch.pixels.to(edge.device)
+    pin = edge.device.type == "cuda"
+    n_workers = resolve_workers(workers, len(samples), batch_size)
+    for batch in iter_batches(
+        samples, edge.preprocessing, batch_size, skipped, workers=n_workers, pin=pin
+    ):
+        pixels = batch.pixels.to(edge.device, non_blocking=pin)
         decided = decide_on_edge(edge, pixels, batch.samples, point)
         records += _batch_records(server, batch.samples, pixels, decided, codec, quality, totals)
         if progress is not None:

@@ -313,6 +313,7 @@ etas = [0.4, 0.8]
             "--batch-size", "4",
             "--grid", str(grid),
             "--codec", "png",
+            "--baseline-bytes",
             "--out", str(out),
         ]
     )  # fmt: skip

@@ -2,11 +2,13 @@
 
 Everything the models produce is cached per chunk (``.npz``, written
 atomically) under a fingerprint of the two models (name, source, a SHA-256 of
-their weights, preprocessing), the data file list, the batch size and the
-device type. An interrupted run resumes at the first missing chunk, and a new
-grid over the same models and data only runs the selections it has not seen.
-The layout is described in ``docs/sweep.md`` ("The cache"); a cache written
-before ``collabvit.sweep`` became a package has the same fingerprint and files.
+their weights, preprocessing), the data file list with a SHA-256 of each
+file's content, the batch size and the device type. An interrupted run resumes
+at the first missing chunk, and a new grid over the same models and data only
+runs the selections it has not seen. The layout is described in
+``docs/sweep.md`` ("The cache"). Caches of version 1 keyed files on their size
+(an image changed in place at the same size reused stale results); they are
+not read.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,7 +42,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: files keyed on their content's SHA-256 (1: on their size)
 Arrays = dict[str, npt.NDArray[Any]]
 """One cache file: array name -> array."""
 
@@ -64,21 +67,37 @@ def model_identity(m: LoadedModel) -> dict[str, Any]:
     }
 
 
-def data_identity(samples: Sequence[Sample]) -> dict[str, Any]:
-    """Digest of the ordered file list: index, name, label, and file size (or array bytes)."""
+def _file_sha256(path: Path | None) -> str:
+    """SHA-256 of a file's bytes ("missing" when it cannot be read)."""
+    if path is None:
+        return ""
     h = hashlib.sha256()
-    for pos, s in enumerate(samples):
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    except OSError:
+        return "missing"
+    return h.hexdigest()
+
+
+def data_identity(samples: Sequence[Sample], threads: int = 4) -> dict[str, Any]:
+    """Digest of the ordered file list: index, name, label and the SHA-256 of each file's
+    content (array samples: of their pixels).
+
+    The content, not the size or the modification time: an image replaced in place
+    by another of the same size is a different data set (issue 16, item 16).
+    Files are hashed on ``threads`` threads (hashlib releases the GIL).
+    """
+    paths = [s.path if s.array is None else None for s in samples]
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        digests = list(pool.map(_file_sha256, paths, chunksize=64))
+    h = hashlib.sha256()
+    for pos, (s, digest) in enumerate(zip(samples, digests, strict=True)):
         if s.array is not None:
-            extra = hashlib.sha256(np.ascontiguousarray(s.array).tobytes()).hexdigest()
-        elif s.path is not None:
-            try:
-                extra = str(s.path.stat().st_size)
-            except OSError:
-                extra = "missing"
-        else:
-            extra = ""
-        h.update(f"{pos}\t{s.index}\t{s.file}\t{s.label}\t{extra}\n".encode())
-    return {"images": len(samples), "files_sha256": h.hexdigest()}
+            digest = hashlib.sha256(np.ascontiguousarray(s.array).tobytes()).hexdigest()
+        h.update(f"{pos}\t{s.index}\t{s.file}\t{s.label}\t{digest}\n".encode())
+    return {"images": len(samples), "files_sha256": h.hexdigest(), "key": "content-sha256"}
 
 
 def cache_identity(

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..data import Sample
 from ..models import LoadedModel
 from .cache import Cache
 from .grid import SweepGrid
+
+if TYPE_CHECKING:
+    from ..loader import ImageStream
+    from .pixels import PixelStore
 
 __all__ = ["ProgressFn", "SweepContext", "SweepStats"]
 
@@ -29,7 +34,8 @@ class SweepStats:
     server_encoder_images: int = 0  # full images through the server for its own scores
     distinct_selections: int = 0  # distinct (image, keep mask) pairs the grid needs
     cached_selections: int = 0  # of those, already in the cache
-    encoded_selections: int = 0  # wire.encode calls (bytes on the wire)
+    encoded_selections: int = 0  # wire.encode calls (png/jpeg; raw sizes are arithmetic)
+    decoded_images: int = 0  # images decoded (each at most once per run)
     edge_chunks_cached: int = 0
     chunks: int = 0
     wall_s: float = 0.0
@@ -47,8 +53,12 @@ class SweepContext:
     codec: str
     quality: int
     cache: Cache
+    pixels: PixelStore
+    workers: int = 0  # loader worker processes (0: decode in this process)
+    baseline_bytes: bool = False  # whole-crop JPEG q90 / PNG file sizes
     progress: ProgressFn | None = None
     stats: SweepStats = field(default_factory=SweepStats)
+    stream: ImageStream | None = None  # the image stream the passes share (see pixels.stream_at)
 
     @property
     def num_patches(self) -> int:

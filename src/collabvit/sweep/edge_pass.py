@@ -2,11 +2,14 @@
 
 Per image it keeps the edge's prediction, the gate statistic of every measure
 of :data:`collabvit.gating.MEASURES` that gates (eqs. 12-13 and the margin),
-the patch scores the grid needs (eq. 10 and/or the rollouts) and the bytes of
-the whole image as one JPEG (quality 90) or PNG file. For Fig. 14 the server
-also scores each full image once (its own mean attention). Chunks come from
-and go to the :class:`~.cache.Cache`; a chunk that lacks only some arrays
-(a new score, a new measure) recomputes what it lacks.
+the patch scores the grid needs (eq. 10 and/or the rollouts) and, with
+``baseline_bytes``, the bytes of the whole image as one JPEG (quality 90) or
+PNG file (measured in the loader's workers). For Fig. 14 the server also
+scores each full image once (its own mean attention). Chunks come from and go
+to the :class:`~.cache.Cache`; a chunk that lacks only some arrays (a new
+score, a new measure) recomputes what it lacks. Images are decoded by
+:mod:`collabvit.loader`; their pixels are kept for the server pass
+(:class:`~.pixels.PixelStore`).
 """
 
 from __future__ import annotations
@@ -17,22 +20,23 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import torch
 
-from .. import wire
-from ..data import Batch, iter_batches
-from ..errors import DataError, WireError
+from ..errors import DataError
 from ..gating import MEASURES, get_measure, transmit_mask, uncertainty
+from ..loader import FILE_SIZES, LoadedBatch, next_batch
 from ..models import forward_with_scores
 from .cache import CACHE_VERSION, Arrays
 from .context import SweepContext
 from .grid import EDGE
+from .pixels import stream_at
 
 __all__ = ["EdgeData", "gate_measures", "run_edge_pass", "score_key", "statistic_key"]
 
 logger = logging.getLogger(__name__)
 
 SERVER_SCORES = "server_s_mean"  # the server's own mean attention (Fig. 14)
-FULL_IMAGE_FILES = (("jpeg_q90", "jpeg"), ("png", "png"))  # whole-image uploads (JPEG q90)
+FULL_IMAGE_FILES = FILE_SIZES  # whole-image uploads (JPEG q90, PNG): --baseline-bytes
 
 
 def gate_measures() -> tuple[str, ...]:
@@ -58,7 +62,7 @@ class EdgeData:
     values: dict[str, npt.NDArray[np.float64]]  # (n,) gate statistic per gating measure
     scores: dict[str, npt.NDArray[np.float32]]  # (n, N) edge patch scores per score
     server_scores: npt.NDArray[np.float32] | None  # (n, N) server mean attention
-    full_bytes: dict[str, npt.NDArray[np.int64]]  # (n,) jpeg_q90, png
+    full_bytes: dict[str, npt.NDArray[np.int64]]  # (n,) jpeg_q90, png; {} without baseline bytes
     skipped: list[int]  # sample positions of unreadable files
 
     def transmitted(
@@ -97,41 +101,37 @@ class _Parts:
 def _missing(ctx: SweepContext, stored: Arrays | None) -> _Todo:
     want_server = bool(ctx.grid.encoder_thresholds)
     if stored is None:
-        return _Todo(True, want_server, True)
+        return _Todo(True, want_server, ctx.baseline_bytes)
     edge = any(statistic_key(m) not in stored for m in gate_measures()) or any(
         score_key(s) not in stored for s in ctx.grid.edge_scores()
     )
     server = want_server and SERVER_SCORES not in stored
-    sizes = any(f"full_{name}" not in stored for name, _ in FULL_IMAGE_FILES)
+    sizes = ctx.baseline_bytes and any(f"full_{name}" not in stored for name, _ in FULL_IMAGE_FILES)
     return _Todo(edge, server, sizes)
 
 
-def _run_batch(ctx: SweepContext, todo: _Todo, batch: Batch, parts: _Parts) -> None:
-    pixels = batch.pixels.to(ctx.edge.device)
+def _run_batch(ctx: SweepContext, todo: _Todo, batch: LoadedBatch, parts: _Parts) -> None:
+    n = len(batch.positions)
+    if todo.edge or todo.server:
+        pixels = batch.pixels.to(ctx.edge.device, non_blocking=True)
     if todo.edge:
         logits, sc = forward_with_scores(
             ctx.edge, ctx.edge.normalise(pixels), ctx.grid.edge_scores()
         )
-        ctx.stats.edge_images += len(batch.samples)
+        ctx.stats.edge_images += n
         parts.preds.append(logits.argmax(-1).cpu().numpy().astype(np.int64))
         for m in gate_measures():
             parts.values.setdefault(m, []).append(uncertainty(logits, m))
         for s in ctx.grid.edge_scores():
             parts.scores.setdefault(s, []).append(sc[s].cpu().numpy().astype(np.float32))
     if todo.server:
-        spx = ctx.server.normalise(batch.pixels.to(ctx.server.device))
+        spx = ctx.server.normalise(pixels.to(ctx.server.device, non_blocking=True))
         _, ssc = forward_with_scores(ctx.server, spx, ("mean",))
-        ctx.stats.server_encoder_images += len(batch.samples)
+        ctx.stats.server_encoder_images += n
         parts.server_scores.append(ssc["mean"].cpu().numpy().astype(np.float32))
-    if todo.sizes:
-        for i in range(len(batch.samples)):
-            hwc = batch.pixels[i].permute(1, 2, 0).numpy()
-            for name, fmt in FULL_IMAGE_FILES:
-                try:
-                    size = wire.full_image_bytes(hwc, fmt, 90)
-                except WireError:  # Pillow cannot write it: the upload is the raw pixels
-                    size = int(hwc.size)
-                parts.sizes.setdefault(name, []).append(size)
+    if todo.sizes:  # measured by the loader's workers (FILE_SIZES order)
+        for j, (name, _) in enumerate(FULL_IMAGE_FILES):
+            parts.sizes.setdefault(name, []).extend(int(sz[j]) for sz in batch.sizes)
 
 
 def _cat(parts: list[npt.NDArray[Any]], dtype: Any, width: int | None = None) -> npt.NDArray[Any]:
@@ -140,37 +140,35 @@ def _cat(parts: list[npt.NDArray[Any]], dtype: Any, width: int | None = None) ->
     return np.zeros((0,) if width is None else (0, width), dtype=dtype)
 
 
-def _edge_chunk(ctx: SweepContext, start: int, end: int | None, stored: Arrays | None) -> Arrays:
-    """Compute (what is missing of) the chunk that starts at sample ``start``.
+def _edge_chunk(
+    ctx: SweepContext, ci: int, start: int, end: int | None, stored: Arrays | None
+) -> Arrays:
+    """Compute (what is missing of) chunk ``ci``, which starts at sample ``start``.
 
     ``end`` is None for a new chunk: it then holds ``cache.chunk_batches``
-    batches of readable images (the batches ``engine.evaluate`` forms).
+    batches of readable images (the batches ``engine.evaluate`` forms). The
+    decoded pixels go to the run's pixel store, for the server pass.
     """
     todo = _missing(ctx, stored)
-    samples = ctx.samples
-    sub = samples[start:end] if end is not None else samples[start:]
-    skipped: list[Any] = []
+    stream = stream_at(ctx, start, ctx.baseline_bytes)
     parts = _Parts()
-    ptr = 0
-    exhausted = True
-    skipped_seen = 0
-    for done, batch in enumerate(
-        iter_batches(sub, ctx.edge.preprocessing, ctx.batch_size, skipped), 1
-    ):
-        for s in batch.samples:
-            while sub[ptr] is not s:
-                ptr += 1
-            parts.located.append(start + ptr)
-            ptr += 1
+    pixels = []
+    batches = 0
+    while (batch := next_batch(stream, ctx.batch_size, end)) is not None:
+        ctx.tick("edge", len(batch.positions) + len(batch.skipped), len(ctx.samples))
+        if not batch.positions:  # unreadable files at the end
+            continue
+        parts.located += batch.positions
+        ctx.stats.decoded_images += len(batch.positions)
         _run_batch(ctx, todo, batch, parts)
-        ctx.tick("edge", len(batch.samples) + len(skipped) - skipped_seen, len(samples))
-        skipped_seen = len(skipped)
-        if end is None and done == ctx.cache.chunk_batches:
-            exhausted = False
+        pixels.append(batch.pixels)
+        batches += 1
+        if end is None and batches == ctx.cache.chunk_batches:
             break
-    if end is None:
-        end = len(samples) if exhausted or not parts.located else parts.located[-1] + 1
-    ctx.tick("edge", len(skipped) - skipped_seen, len(samples))
+    if end is None:  # after the last image of its last batch, or the end of the data
+        end = stream.position
+    if pixels:
+        ctx.pixels.put(ci, torch.cat(pixels) if len(pixels) > 1 else pixels[0].clone())
     return _chunk_arrays(ctx, todo, parts, start, end, stored)
 
 
@@ -221,11 +219,14 @@ def run_edge_pass(ctx: SweepContext) -> EdgeData:
             chunk = stored
         else:
             end = None if stored is None else int(stored["end"])
-            chunk = _edge_chunk(ctx, start, end, stored)
+            chunk = _edge_chunk(ctx, len(chunks), start, end, stored)
             ctx.cache.save(name, chunk)
         chunks.append(chunk)
         start = int(chunk["end"])
     ctx.stats.chunks = len(chunks)
+    if ctx.stream is not None:  # the workers are not needed until the server pass
+        ctx.stream.close()
+        ctx.stream = None
     return _merge(ctx, chunks)
 
 
@@ -254,6 +255,9 @@ def _merge(ctx: SweepContext, chunks: list[Arrays]) -> EdgeData:
         values={m: cat(statistic_key(m)).astype(np.float64) for m in gate_measures()},
         scores={s: cat(score_key(s)).astype(np.float32) for s in ctx.grid.edge_scores()},
         server_scores=cat(SERVER_SCORES).astype(np.float32) if want_server else None,
-        full_bytes={name: cat(f"full_{name}").astype(np.int64) for name, _ in FULL_IMAGE_FILES},
+        full_bytes={
+            name: cat(f"full_{name}").astype(np.int64)
+            for name, _ in (FULL_IMAGE_FILES if ctx.baseline_bytes else ())
+        },
         skipped=skipped,
     )

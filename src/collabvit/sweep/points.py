@@ -196,7 +196,8 @@ def grid_rows(
 
 def baseline_rows(edge: EdgeData, whole: SelectionData, ctx: RowContext) -> list[ResultRow]:
     """Edge only (cost 0), server only (every image whole over the wire codec), and
-    the whole image uploaded as one JPEG (quality 90) or PNG file."""
+    (when measured, ``baseline_bytes``) the whole image uploaded as one JPEG
+    (quality 90) or PNG file."""
     n = len(edge.positions)
     none, every = np.zeros(n, dtype=bool), np.ones(n, dtype=bool)
 
@@ -216,6 +217,8 @@ def baseline_rows(edge: EdgeData, whole: SelectionData, ctx: RowContext) -> list
         baseline(SERVER_ONLY, ctx.codec, summary(every, whole.pred, whole.nbytes), whole.pred),
     ]
     for fmt, key in (("jpeg-q90", "jpeg_q90"), ("png", "png")):
+        if key not in edge.full_bytes:  # measured only with baseline_bytes
+            continue
         s = summary(every, whole.pred, edge.full_bytes[key])
         rows.append(baseline(FULL_IMAGE_FILE, fmt, s, whole.pred))
     return rows

@@ -21,6 +21,7 @@ from .. import wire
 from ..data import Sample
 from ..errors import ConfigError, DataError
 from ..gating import get_measure
+from ..loader import resolve_workers
 from ..metrics import ImageRecord, accuracy, make_record
 from ..models import LoadedModel
 from ..pipeline import OperatingPoint, check_pair
@@ -30,6 +31,7 @@ from .context import ProgressFn, SweepContext, SweepStats
 from .edge_pass import EdgeData, run_edge_pass
 from .grid import WHOLE_IMAGE, GridPoint, SelectionKey, SweepGrid
 from .outcomes import PointOutcomes, point_outcomes
+from .pixels import PixelStore
 from .points import (
     BestPoint,
     ResultRow,
@@ -163,6 +165,8 @@ def run_sweep(
     chunk_size: int = DEFAULT_CHUNK,
     target_drop: float = 1.0,
     progress: ProgressFn | None = None,
+    workers: int | None = 0,
+    baseline_bytes: bool = False,
 ) -> SweepResult:
     """Evaluate every point of ``grid`` with one edge pass and one server pass per selection.
 
@@ -176,6 +180,10 @@ def run_sweep(
         chunk_size: images per cache chunk (rounded up to whole batches).
         target_drop: accuracy points (%) below the server alone that ``best`` may lose.
         progress: ``progress(phase, n, total)`` after each batch (see :data:`ProgressFn`).
+        workers: loader processes decoding the images (:mod:`collabvit.loader`; 0: this
+            process, None: the usable cores). The results do not depend on it.
+        baseline_bytes: also measure every image's whole crop as one JPEG (q90) and one
+            PNG file, the ``full-image-file`` baseline rows (off: those rows are left out).
 
     Returns:
         a :class:`SweepResult`; ``stats`` counts the model calls made.
@@ -184,16 +192,29 @@ def run_sweep(
     grid = grid or SweepGrid.paper()
     check_pair(edge, server)
     _check_arguments(codec, quality, batch_size, target_drop, samples)
+    n_workers = resolve_workers(workers, len(samples), batch_size)
     identity = cache_identity(edge, server, samples, batch_size)
     root = Path(cache_dir) if cache_dir is not None else None
     cache = Cache(root, identity, max(1, math.ceil(chunk_size / batch_size)))
-    ctx = SweepContext(edge, server, list(samples), grid, batch_size, codec, quality, cache)
-    ctx.progress = progress
-    logger.info("sweep: %d images, cache %s", len(samples), cache.dir or "in memory")
-    edge_data = run_edge_pass(ctx)
-    points, derived = resolve_points(grid, edge_data)
-    logger.info("sweep: %d grid points", len(points))
-    selections = run_server_pass(ctx, edge_data, points)
+    ctx = SweepContext(
+        edge, server, list(samples), grid, batch_size, codec, quality, cache, PixelStore(cache.dir)
+    )
+    ctx.workers, ctx.baseline_bytes, ctx.progress = n_workers, baseline_bytes, progress
+    logger.info(
+        "sweep: %d images, cache %s, %d loader worker(s)",
+        len(samples),
+        cache.dir or "in memory",
+        n_workers,
+    )
+    try:
+        edge_data = run_edge_pass(ctx)
+        points, derived = resolve_points(grid, edge_data)
+        logger.info("sweep: %d grid points", len(points))
+        selections = run_server_pass(ctx, edge_data, points)
+    finally:
+        if ctx.stream is not None:
+            ctx.stream.close()
+        ctx.pixels.close()
     ctx.stats.wall_s = time.monotonic() - t0
     result = _result(ctx, edge_data, points, selections, target_drop)
     result.meta = _meta(ctx, result, edge_data, derived, target_drop)
@@ -281,9 +302,16 @@ def _meta(
         "fingerprint": ctx.cache.fingerprint,
         "cache": str(ctx.cache.dir) if ctx.cache.dir else None,
         "batch_size": ctx.batch_size,
-        "full_image_note": "full-image-file rows: bytes of the whole preprocessed "
-        f"{h}x{w} crop as one JPEG (quality 90) or PNG file; accuracy is the server on the "
-        "uncompressed pixels",
+        "baseline_bytes": ctx.baseline_bytes,
+        "loader_workers": ctx.workers,
+        "full_image_note": (
+            "full-image-file rows: bytes of the whole preprocessed "
+            f"{h}x{w} crop as one JPEG (quality 90) or PNG file; accuracy is the server on the "
+            "uncompressed pixels"
+            if ctx.baseline_bytes
+            else "full-image-file rows (whole-crop JPEG q90 / PNG file sizes): not measured, "
+            "ask for them with --baseline-bytes"
+        ),
         "stats": asdict(ctx.stats),
     }
 

@@ -5,7 +5,10 @@ Every selection the grid needs is computed with
 when some eta of some point using it transmits the image. Identical keep masks
 of one image (across rules, scores and thresholds) are merged and the server
 runs :func:`collabvit.models.forward_subset` once per distinct (image, mask),
-batched by patch count. Wire sizes are computed once per distinct mask too.
+batched by patch count, from the chunk's pixels as the edge pass decoded them
+(normalised once per chunk). Wire sizes are computed once per distinct mask
+too: the raw codec's by arithmetic (:func:`raw_message_bytes`), PNG and JPEG
+by encoding.
 Each chunk is planned once; the progress total starts as an upper bound (every
 needed (image, selection) pair) and shrinks to the exact count as chunks are
 planned.
@@ -23,18 +26,26 @@ import numpy.typing as npt
 import torch
 
 from .. import wire
-from ..data import iter_batches
 from ..errors import DataError, WireError
+from ..loader import next_batch
 from ..models import forward_subset
 from ..selection import select_patches
 from .cache import Arrays
 from .context import SweepContext
 from .edge_pass import EdgeData
 from .grid import EDGE, WHOLE_IMAGE, GridPoint, SelectionKey
+from .pixels import stream_at
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["SAVE_EVERY_S", "SelectionData", "bytes_key", "run_server_pass", "selection_needs"]
+__all__ = [
+    "SAVE_EVERY_S",
+    "SelectionData",
+    "bytes_key",
+    "raw_message_bytes",
+    "run_server_pass",
+    "selection_needs",
+]
 
 SAVE_EVERY_S = 120.0  # flush server results inside a chunk this often (resume points)
 
@@ -171,20 +182,77 @@ def _plan_chunk(ctx: SweepContext, ci: int, edge: EdgeData, needs: Needs) -> _Ch
     return plan
 
 
-def _chunk_pixels(ctx: SweepContext, plan: _ChunkPlan) -> torch.Tensor:
-    sub = ctx.samples[plan.start : plan.end]
-    parts = [b.pixels for b in iter_batches(sub, ctx.edge.preprocessing, ctx.batch_size)]
-    pixels = torch.cat(parts) if parts else torch.zeros(0)
-    if pixels.shape[0] != plan.b - plan.a:
-        raise DataError(
-            f"images {plan.start}..{plan.end - 1} read differently than during the edge "
-            "pass (a file changed or became unreadable): delete the cache and rerun"
-        )
+def raw_message_bytes(kept: int, num_patches: int, channels: int, patch_size: int) -> int:
+    """``len(wire.encode(...))`` of a raw message with ``kept`` of ``num_patches`` patches.
+
+    Header, the mask at one bit per patch, C * P * P bytes per kept patch, CRC32:
+    the raw codec's size is arithmetic, no message needs to be built.
+    """
+    mask = (num_patches + 7) // 8
+    return wire.HEADER_SIZE + mask + kept * channels * patch_size * patch_size + 4
+
+
+def _chunk_pixels(ctx: SweepContext, edge: EdgeData, plan: _ChunkPlan) -> torch.Tensor:
+    """The chunk's uint8 pixels: from the edge pass (decoded once), else decoded now."""
+    pixels = ctx.pixels.take(plan.ci)
+    positions = edge.positions[plan.a : plan.b].tolist()
+    if pixels is None:
+        stream = stream_at(ctx, plan.start, False)
+        parts, got = [], []
+        while (batch := next_batch(stream, ctx.batch_size, plan.end)) is not None:
+            parts.append(batch.pixels)
+            got += batch.positions
+        ctx.stats.decoded_images += len(got)
+        c, h, w = ctx.edge.preprocessing.input_size
+        pixels = torch.cat(parts) if parts else torch.zeros((0, c, h, w), dtype=torch.uint8)
+        if got != positions:
+            raise DataError(
+                f"images {plan.start}..{plan.end - 1} read differently than during the edge "
+                "pass (a file changed or became unreadable): rerun the sweep"
+            )
+    if pixels.shape[0] != len(positions):
+        raise DataError(f"the pixels of chunk {plan.ci} do not match its edge pass: rerun")
     return pixels
 
 
+def _normalised(ctx: SweepContext, pixels: torch.Tensor) -> torch.Tensor:
+    """The server's input of every image of the chunk, normalised once (not per selection)."""
+    server = ctx.server
+    out = torch.empty(pixels.shape, dtype=torch.float32, device=server.device)
+    step = max(1, ctx.batch_size)
+    pin = server.device.type == "cuda"
+    for i in range(0, pixels.shape[0], step):
+        part = pixels[i : i + step]
+        part = part.pin_memory() if pin else part
+        out[i : i + step] = server.normalise(part.to(server.device, non_blocking=pin))
+    return out
+
+
+def _wire_sizes(
+    ctx: SweepContext, plan: _ChunkPlan, nbytes: npt.NDArray[np.int64], pixels: torch.Tensor | None
+) -> None:
+    """Wire bytes of the chunk's selections that lack them: arithmetic for raw, encoded else."""
+    todo = [u for u in plan.todo_bytes if nbytes[u] < 0]
+    patch = ctx.edge.patch_size
+    if ctx.codec == "raw":
+        c = ctx.edge.preprocessing.channels
+        for uid in todo:
+            nbytes[uid] = raw_message_bytes(int(plan.masks[uid].sum()), ctx.num_patches, c, patch)
+        return
+    assert pixels is not None
+    for uid in todo:
+        px = pixels[plan.local_rows[uid]].numpy()
+        try:
+            message = wire.encode(px, plan.masks[uid], patch, ctx.codec, ctx.quality)
+        except WireError:  # Pillow cannot write it (e.g. JPEG of noise): the edge sends raw
+            message = wire.encode(px, plan.masks[uid], patch, "raw", 0)
+            logger.warning("selection %d: %s failed, counted as raw", uid, ctx.codec)
+        nbytes[uid] = len(message)
+        ctx.stats.encoded_selections += 1
+
+
 def _run_chunk(
-    ctx: SweepContext, plan: _ChunkPlan, total: int
+    ctx: SweepContext, edge: EdgeData, plan: _ChunkPlan, total: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """Server predictions and wire sizes for every distinct selection of the chunk."""
     m = len(plan.keys)
@@ -197,40 +265,37 @@ def _run_chunk(
             pred[uid] = int(stored["pred"][si])
             if bkey in stored:
                 nbytes[uid] = int(stored[bkey][si])
-    if not (plan.todo_server or plan.todo_bytes):
+    need_pixels = bool(plan.todo_server) or (ctx.codec != "raw" and bool(plan.todo_bytes))
+    if not need_pixels:
+        ctx.pixels.take(plan.ci)  # not needed: free them
+        if plan.todo_bytes:
+            _wire_sizes(ctx, plan, nbytes, None)
+            _save_chunk(ctx, plan, pred, nbytes, bkey)
         return pred, nbytes
-    pixels = _chunk_pixels(ctx, plan)
+    pixels = _chunk_pixels(ctx, edge, plan)
+    normed = _normalised(ctx, pixels) if plan.todo_server else pixels
     order = sorted(plan.todo_server, key=lambda u: (int(plan.masks[u].sum()), u))
     group = max(1, ctx.batch_size)
     server = ctx.server
     last_save = time.monotonic()
-
-    def encode(uids: Sequence[int]) -> None:
-        for uid in uids:
-            px = pixels[plan.local_rows[uid]].numpy()
-            patch = ctx.edge.patch_size
-            try:
-                message = wire.encode(px, plan.masks[uid], patch, ctx.codec, ctx.quality)
-            except WireError:  # Pillow cannot write it (e.g. JPEG of noise): the edge sends raw
-                message = wire.encode(px, plan.masks[uid], patch, "raw", 0)
-                logger.warning("selection %d: %s failed, counted as raw", uid, ctx.codec)
-            nbytes[uid] = len(message)
-            ctx.stats.encoded_selections += 1
-
+    # one input buffer for every group: a fresh (group, C, H, W) tensor per group costs
+    # more in page faults than the copy itself
+    buffer = torch.empty((min(group, len(order)), *normed.shape[1:]), device=normed.device)
     for g in range(0, len(order), group):
         uids = order[g : g + group]
         rows = torch.tensor([plan.local_rows[u] for u in uids], dtype=torch.long)
-        images = server.normalise(pixels[rows].to(server.device))
+        images = buffer[: len(uids)]
+        torch.index_select(normed, 0, rows.to(normed.device), out=images)
         keep = torch.from_numpy(np.stack([plan.masks[u] for u in uids]))
         out = forward_subset(server, images, keep.to(server.device), max_batch=group)
         pred[uids] = out.argmax(-1).cpu().numpy()
         ctx.stats.server_images += len(uids)
-        encode(uids)
         ctx.tick("server", len(uids), total)
         if time.monotonic() - last_save > SAVE_EVERY_S:  # resume points inside a chunk
+            _wire_sizes(ctx, plan, nbytes, pixels)
             _save_chunk(ctx, plan, pred, nbytes, bkey)
             last_save = time.monotonic()
-    encode([u for u in plan.todo_bytes if nbytes[u] < 0])
+    _wire_sizes(ctx, plan, nbytes, pixels)
     _save_chunk(ctx, plan, pred, nbytes, bkey)
     return pred, nbytes
 
@@ -289,7 +354,7 @@ def run_server_pass(
         planned += len(plan.todo_server)
         ctx.stats.distinct_selections += len(plan.keys)
         ctx.stats.cached_selections += sum(1 for s in plan.cached if s >= 0)
-        pred, nbytes = _run_chunk(ctx, plan, planned + sum(bound[ci + 1 :]))
+        pred, nbytes = _run_chunk(ctx, edge, plan, planned + sum(bound[ci + 1 :]))
         for key, (rows, uids, counts, raised) in plan.selections.items():
             d = out[key]
             d.pred[rows] = pred[uids]

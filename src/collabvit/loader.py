@@ -1,0 +1,287 @@
+"""The input pipeline: a ``torch.utils.data`` loader over :func:`collabvit.data.discover`'s samples.
+
+Each image is decoded, converted, resized and centre-cropped once
+(:func:`collabvit.data.load_image`, :func:`collabvit.data.preprocess`), in
+``workers`` worker processes (0: in this process). The dataset's items are
+*blocks* of consecutive samples, so one block crosses the process boundary as
+one uint8 tensor; :class:`ImageStream` hands them back image by image in
+dataset order and :func:`next_batch` regroups them into batches of
+``batch_size`` readable images, exactly the batches of
+:func:`collabvit.data.iter_batches` (unreadable files are skipped and
+reported, a batch is never short but at the end). The order and the pixels do
+not depend on the number of workers, so neither does anything computed from
+them. On CUDA the batches are in pinned memory, ready for
+``tensor.to(device, non_blocking=True)``.
+
+Optionally the workers also measure each image's whole-crop file sizes (the
+sweep's ``--baseline-bytes``: one JPEG q90 and one PNG file,
+:func:`collabvit.wire.full_image_bytes`), so that work leaves the main process too.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from . import wire
+from .data import Batch, Preprocessing, Sample, load_image, preprocess
+from .errors import ConfigError, WireError
+
+__all__ = [
+    "FILE_SIZES",
+    "MAX_AUTO_WORKERS",
+    "Block",
+    "ImageStream",
+    "LoadedBatch",
+    "default_workers",
+    "iter_batches",
+    "next_batch",
+    "resolve_workers",
+]
+
+logger = logging.getLogger(__name__)
+
+FILE_SIZES = (("jpeg_q90", "jpeg"), ("png", "png"))  # whole-crop uploads: name, Pillow format
+MAX_AUTO_WORKERS = 8
+
+
+def default_workers() -> int:
+    """The usable cores of this process (its CPU affinity), at most :data:`MAX_AUTO_WORKERS`."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_AUTO_WORKERS))
+
+
+def resolve_workers(workers: int | None, num_samples: int, batch_size: int) -> int:
+    """``workers`` checked (>= 0), or for None the usable cores; 0 when one batch is all.
+
+    Starting worker processes costs more than decoding a single batch here.
+    """
+    if workers is None:
+        return 0 if num_samples <= batch_size else default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"--workers must be an integer >= 0, not {workers!r}")
+    return workers
+
+
+def decode(sample: Sample, prep: Preprocessing) -> torch.Tensor | None:
+    """One sample as (C, H, W) uint8 model-size pixels, or None when unreadable.
+
+    The steps of :func:`collabvit.data.iter_batches`, for one image.
+    """
+    if sample.array is not None:
+        image: Image.Image | None = Image.fromarray(sample.array).convert(
+            "RGB" if prep.channels == 3 else "L"
+        )
+    else:
+        assert sample.path is not None
+        image = load_image(sample.path, prep.channels)
+    return None if image is None else preprocess(image, prep)
+
+
+def _file_sizes(pixels: torch.Tensor) -> list[int]:
+    """Bytes of the crop as one JPEG (quality 90) and one PNG file; raw bytes if Pillow fails."""
+    hwc = pixels.permute(1, 2, 0).numpy()
+    sizes = []
+    for _, fmt in FILE_SIZES:
+        try:
+            sizes.append(wire.full_image_bytes(hwc, fmt, 90))
+        except WireError:  # Pillow cannot write it: the upload is the raw pixels
+            sizes.append(int(hwc.size))
+    return sizes
+
+
+@dataclass
+class Block:
+    """Samples ``start .. end - 1``: the readable ones' positions, pixels and file sizes."""
+
+    start: int
+    end: int
+    positions: list[int]
+    pixels: torch.Tensor  # (len(positions), C, H, W) uint8
+    sizes: list[list[int]] = field(default_factory=list)  # per readable image, FILE_SIZES order
+
+    def pin_memory(self) -> Block:
+        """Called by the DataLoader's pin-memory thread (CUDA only)."""
+        self.pixels = self.pixels.pin_memory()
+        return self
+
+
+class _Blocks(Dataset[Block]):
+    """Item ``b``: samples ``offset + b * block`` onwards, ``block`` of them."""
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        prep: Preprocessing,
+        offset: int,
+        block: int,
+        file_sizes: bool,
+    ) -> None:
+        self.samples = samples
+        self.prep = prep
+        self.offset = offset
+        self.block = block
+        self.file_sizes = file_sizes
+
+    def __len__(self) -> int:
+        return math.ceil(max(0, len(self.samples) - self.offset) / self.block)
+
+    def __getitem__(self, b: int) -> Block:
+        start = self.offset + b * self.block
+        end = min(start + self.block, len(self.samples))
+        positions, pixels, sizes = [], [], []
+        for pos in range(start, end):
+            px = decode(self.samples[pos], self.prep)
+            if px is None:
+                continue
+            positions.append(pos)
+            pixels.append(px)
+            if self.file_sizes:
+                sizes.append(_file_sizes(px))
+        c, h, w = self.prep.input_size
+        stacked = torch.stack(pixels) if pixels else torch.zeros((0, c, h, w), dtype=torch.uint8)
+        return Block(start, end, positions, stacked, sizes)
+
+
+def _same(block: Any) -> Any:
+    """The collate function of an unbatched loader: a block stays as it is."""
+    return block
+
+
+class ImageStream:
+    """The samples from ``start`` on, image by image in dataset order, decoded by the loader.
+
+    :attr:`position` is the next sample position; :meth:`take` returns it as
+    ``(position, block, row)`` (row -1: unreadable). ``pin``: batches in
+    pinned memory (for CUDA).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        prep: Preprocessing,
+        *,
+        block: int,
+        workers: int = 0,
+        start: int = 0,
+        pin: bool = False,
+        file_sizes: bool = False,
+    ) -> None:
+        self.position = start
+        self.end = len(samples)
+        self.shape = prep.input_size  # (C, H, W)
+        self.pin = pin
+        self.workers = workers
+        self.file_sizes = file_sizes
+        dataset = _Blocks(samples, prep, start, max(1, block), file_sizes)
+        self._loader = DataLoader(
+            dataset,
+            batch_size=None,  # an item is already a block
+            shuffle=False,  # dataset order, whatever the number of workers
+            num_workers=workers,
+            collate_fn=_same,
+            pin_memory=pin,
+        )
+        self._blocks: Iterator[Block] | None = None
+        self._pending: deque[tuple[Block, int]] = deque()
+
+    def _fill(self) -> None:
+        if self._blocks is None:
+            self._blocks = iter(self._loader)
+        block = next(self._blocks)
+        rows = dict(zip(block.positions, range(len(block.positions)), strict=True))
+        self._pending.extend((block, rows.get(pos, -1)) for pos in range(block.start, block.end))
+
+    def take(self) -> tuple[int, Block, int]:
+        """The next sample: (position, its block, its row in the block or -1)."""
+        if self.position >= self.end:
+            raise StopIteration
+        if not self._pending:
+            self._fill()
+        block, row = self._pending.popleft()
+        pos = self.position
+        self.position += 1
+        return pos, block, row
+
+    def close(self) -> None:
+        """Stop the workers (also when the stream was not read to its end)."""
+        self._blocks = None  # the DataLoader iterator shuts its workers down when released
+        self._pending.clear()
+
+
+@dataclass
+class LoadedBatch:
+    """Up to ``batch_size`` readable images and the unreadable ones met on the way."""
+
+    positions: list[int]
+    pixels: torch.Tensor  # (B, C, H, W) uint8, pinned on CUDA
+    skipped: list[int]
+    sizes: list[list[int]]  # per image, FILE_SIZES order (empty without file sizes)
+
+
+def _stack(parts: list[tuple[Block, int]], pin: bool) -> torch.Tensor:
+    first = parts[0][0]
+    rows = [row for _, row in parts]
+    if all(b is first for b, _ in parts) and rows == list(range(len(first.positions))):
+        return first.pixels  # a whole block: no copy (pinned by the DataLoader on CUDA)
+    views = [b.pixels[row] for b, row in parts]
+    out = torch.empty((len(views), *views[0].shape), dtype=torch.uint8, pin_memory=pin)
+    return torch.stack(views, out=out)
+
+
+def next_batch(stream: ImageStream, batch_size: int, end: int | None = None) -> LoadedBatch | None:
+    """The next batch of ``batch_size`` readable images before position ``end`` (None: all).
+
+    Shorter only when ``end`` (or the data) is reached; None when nothing is left.
+    """
+    stop = stream.end if end is None else min(end, stream.end)
+    if stream.position >= stop:
+        return None
+    parts: list[tuple[Block, int]] = []
+    positions: list[int] = []
+    skipped: list[int] = []
+    while len(parts) < batch_size and stream.position < stop:
+        pos, block, row = stream.take()
+        if row < 0:
+            skipped.append(pos)
+        else:
+            parts.append((block, row))
+            positions.append(pos)
+    if not parts:
+        return LoadedBatch([], torch.zeros((0, *stream.shape), dtype=torch.uint8), skipped, [])
+    sizes = [b.sizes[row] for b, row in parts] if parts[0][0].sizes else []
+    return LoadedBatch(positions, _stack(parts, stream.pin), skipped, sizes)
+
+
+def iter_batches(
+    samples: Sequence[Sample],
+    prep: Preprocessing,
+    batch_size: int,
+    skipped: list[Sample] | None = None,
+    *,
+    workers: int = 0,
+    pin: bool = False,
+) -> Iterator[Batch]:
+    """:func:`collabvit.data.iter_batches` through the loader: the same batches, decoded by
+    ``workers`` processes (pinned memory with ``pin``). Unreadable files go to ``skipped``."""
+    stream = ImageStream(samples, prep, block=batch_size, workers=workers, pin=pin)
+    try:
+        while (got := next_batch(stream, batch_size)) is not None:
+            if skipped is not None:
+                skipped.extend(samples[p] for p in got.skipped)
+            if got.positions:
+                yield Batch([samples[p] for p in got.positions], got.pixels)
+    finally:
+        stream.close()

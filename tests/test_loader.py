@@ -1,0 +1,123 @@
+"""collabvit.loader: the torch DataLoader gives data.iter_batches' batches, whatever the workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from collabvit import wire
+from collabvit.data import Preprocessing, Sample, array_samples, discover, iter_batches
+from collabvit.errors import ConfigError
+from collabvit.loader import FILE_SIZES, ImageStream, next_batch, resolve_workers
+from collabvit.loader import iter_batches as loader_batches
+from collabvit.sweep.pixels import PixelStore
+from collabvit.sweep.server_pass import raw_message_bytes
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PREP = Preprocessing((3, 64, 64), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+N_IMAGES = 20
+
+
+@pytest.fixture(scope="module")
+def photos(imagenet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+    """20 real photos with two unreadable files (one at a batch edge, one at the end)."""
+    folder = tmp_path_factory.mktemp("loader-photos")
+    lines = (imagenet_dir / "labels.csv").read_text().splitlines()[1 : N_IMAGES + 1]
+    rows = ["file,label"]
+    for i, line in enumerate(lines):
+        name, label = line.split(",")[:2]
+        (folder / name).symlink_to(imagenet_dir / "images" / name)
+        rows.append(f"{name},{label}")
+        if i == 5:
+            (folder / "broken-a.JPEG").write_bytes(b"not an image")
+            rows.append("broken-a.JPEG,1")
+    (folder / "broken-z.JPEG").write_bytes(b"")
+    rows.append("broken-z.JPEG,2")
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    samples, _ = discover(folder, folder / "labels.csv")
+    return samples
+
+
+def _reference(
+    samples: list[Sample], batch: int
+) -> tuple[list[list[int]], list[torch.Tensor], list[int]]:
+    skipped: list[Sample] = []
+    got = list(iter_batches(samples, PREP, batch, skipped))
+    return (
+        [[s.index for s in b.samples] for b in got],
+        [b.pixels for b in got],
+        [s.index for s in skipped],
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("batch", [4, 7])
+def test_same_batches_as_data_iter_batches(photos: list[Sample], workers: int, batch: int) -> None:
+    ids, pixels, skipped_ref = _reference(photos, batch)
+    skipped: list[Sample] = []
+    got = list(loader_batches(photos, PREP, batch, skipped, workers=workers))
+    assert [[s.index for s in b.samples] for b in got] == ids
+    assert all(torch.equal(a.pixels, b) for a, b in zip(got, pixels, strict=True))
+    assert [s.index for s in skipped] == skipped_ref == [6, N_IMAGES + 1]
+    assert all(b.pixels.dtype == torch.uint8 and len(b.samples) == batch for b in got[:-1])
+
+
+def test_array_samples_and_a_stream_started_midway() -> None:
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    samples = array_samples(images, np.arange(10))
+    prep = Preprocessing((1, 28, 28), (0.5,), (0.5,), crop_pct=1.0)
+    whole = torch.cat([b.pixels for b in iter_batches(samples, prep, 3)])
+    stream = ImageStream(samples, prep, block=3, workers=2, start=4)
+    first = next_batch(stream, 3, end=6)  # stops at the end given, short
+    assert first is not None and first.positions == [4, 5] and stream.position == 6
+    rest = next_batch(stream, 3)
+    assert rest is not None and rest.positions == [6, 7, 8]
+    assert torch.equal(torch.cat([first.pixels, rest.pixels]), whole[4:9])
+    stream.close()
+
+
+def test_file_sizes_are_measured_by_the_workers(photos: list[Sample]) -> None:
+    stream = ImageStream(photos[:3], PREP, block=2, workers=2, file_sizes=True)
+    batch = next_batch(stream, 3)
+    assert batch is not None and len(batch.sizes) == 3
+    for px, sizes in zip(batch.pixels, batch.sizes, strict=True):
+        hwc = px.permute(1, 2, 0).numpy()
+        assert sizes == [wire.full_image_bytes(hwc, fmt, 90) for _, fmt in FILE_SIZES]
+    stream.close()
+
+
+def test_workers_are_checked() -> None:
+    assert resolve_workers(3, 100, 10) == 3
+    assert resolve_workers(None, 5, 10) == 0  # one batch: no worker processes
+    assert resolve_workers(None, 100, 10) >= 1
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="--workers"):
+            resolve_workers(bad, 100, 10)  # type: ignore[arg-type]
+
+
+def test_raw_message_size_is_arithmetic() -> None:
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (3, 64, 64), dtype=np.uint8)
+    for kept in (0, 1, 17, 64):
+        mask = np.zeros(64, dtype=bool)
+        mask[rng.choice(64, kept, replace=False)] = True
+        assert raw_message_bytes(kept, 64, 3, 8) == len(wire.encode(pixels, mask, 8, "raw", 0))
+
+
+def test_pixel_store_spills_past_its_budget(tmp_path: Path) -> None:
+    a = torch.arange(24, dtype=torch.uint8).reshape(2, 3, 2, 2)
+    b = a + 100
+    store = PixelStore(tmp_path, memory_bytes=a.numel())  # room for one chunk
+    store.put(0, a)
+    store.put(1, b)
+    assert len(list(tmp_path.rglob("*.npy"))) == 1
+    assert torch.equal(store.take(1), b) and torch.equal(store.take(0), a)  # type: ignore[arg-type]
+    assert store.take(0) is None
+    store.put(2, b)
+    store.close()
+    assert not list(tmp_path.rglob("*.npy"))
