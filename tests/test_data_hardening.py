@@ -82,6 +82,26 @@ def test_root_images_beside_a_sub_folder_fail_the_cli_in_one_line(
     assert line.startswith("collabvit evaluate: error:") and "top level" in line
 
 
+def test_sub_folders_without_images_leave_a_flat_folder_flat(flat: Path) -> None:
+    """Nothing in them can be lost: the 6 photos are read (before: two classes, no photo)."""
+    (flat / "empty").mkdir()
+    (flat / "notes").mkdir()
+    (flat / "notes" / "README.txt").write_text("where the photos come from")
+    skipped: list[Skipped] = []
+    samples, classes = discover(flat, skipped=skipped)
+    assert classes is None and len(samples) == 6
+    assert skipped == [Skipped("notes/README.txt", "not an image file")]
+
+
+def test_class_folders_of_extensionless_images_are_still_classes(flat: Path) -> None:
+    """Files without an image extension in class folders are samples (decoded when loaded)."""
+    for i, photo in enumerate(sorted(flat.glob("*.JPEG"))):
+        (flat / f"class{i % 2}").mkdir(exist_ok=True)
+        photo.rename(flat / f"class{i % 2}" / photo.stem)
+    samples, classes = discover(flat)
+    assert classes == ["class0", "class1"] and len(samples) == 6
+
+
 def test_hidden_sub_folder_does_not_turn_a_flat_folder_into_classes(flat: Path) -> None:
     """A notebook's .ipynb_checkpoints/ is no class: the 6 photos stay, the folder is listed."""
     (flat / ".ipynb_checkpoints").mkdir()

@@ -179,15 +179,18 @@ def _folder_entries(
 ) -> tuple[list[tuple[str, int]], list[str] | None]:
     """ImageFolder entries (class folders mapped by :func:`folder_classes`), or a flat folder's.
 
-    Hidden sub-folders (``.ipynb_checkpoints``) are no classes; images at the top
-    level beside class folders are an error, not silently left out.
+    Hidden sub-folders (``.ipynb_checkpoints``) are no classes, nor are sub-folders
+    when none holds an image; images at the top level beside class folders are an
+    error, not silently left out.
     """
     subdirs = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    top = [f for f in files if len(f.parts) == 1 and not _hidden(f)]
+    shown = [f for f in files if not _hidden(f)]
+    loose = [f.name for f in shown if len(f.parts) == 1 and _is_image(f)]
+    if loose and not any(len(f.parts) > 1 and _is_image(f) for f in shown):
+        subdirs = []  # sub-folders without images (an empty out/) lose no image: flat
     if not subdirs:
-        skipped.extend(Skipped(str(f), "not an image file") for f in top if not _is_image(f))
-        return [(str(f), -1) for f in top if _is_image(f)], None
-    loose = [f.name for f in top if _is_image(f)]
+        skipped.extend(Skipped(str(f), "not an image file") for f in shown if not _is_image(f))
+        return [(name, -1) for name in loose], None
     if loose:
         raise DataError(
             f"data folder {root} holds {len(loose)} image(s) at its top level (first: "
