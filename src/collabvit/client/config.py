@@ -7,6 +7,7 @@ start with one :class:`~collabvit.errors.ConfigError`, before any model loads.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 from ..errors import ConfigError
@@ -59,6 +60,8 @@ class ClientConfig:
     breaker_cooldown_s: float = 5.0  # how long it stays paused
     full_jpeg_baseline: bool = False  # also measure each original as a JPEG q90 upload
     wait_for_server_s: float = 0.0  # before the first upload, wait this long for /healthz
+    ca_file: str | None = None  # PEM CA bundle an https:// server's certificate must chain to
+    check_server: bool = False  # ask /healthz once and refuse a server of another geometry
 
     def __post_init__(self) -> None:
         if self.token is not None:
@@ -81,6 +84,11 @@ class ClientConfig:
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value}")
+
+        if self.ca_file is not None and not os.path.isfile(self.ca_file):
+            raise ConfigError(f"--ca-file {self.ca_file} does not exist")
+        if self.ca_file is not None and not self.server_url.startswith("https://"):
+            raise ConfigError(f"--ca-file needs an https:// server URL, got {self.server_url!r}")
 
     @property
     def retry_policy(self) -> RetryPolicy:

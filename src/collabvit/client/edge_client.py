@@ -37,6 +37,7 @@ from .config import ClientConfig
 from .http import ServerAnswer
 from .results import ImageResult
 from .runtimes import edge_runtime
+from .server_check import tls_context, wait_for_server
 
 if TYPE_CHECKING:  # an edge install (ONNX) has no torch
     from ..models import LoadedModel
@@ -156,6 +157,7 @@ class EdgeClient:
             timeout_s=cfg.timeout_s,
             max_connections=cfg.concurrency,
             transport=self.transport,
+            verify=tls_context(cfg.ca_file),
         )
 
     async def send(self, http: httpx.AsyncClient, payload: bytes) -> ServerAnswer:
@@ -289,21 +291,11 @@ class EdgeClient:
             finish(result)
 
     async def _wait_for_server(self, http: httpx.AsyncClient) -> None:
-        """Poll ``/healthz`` for at most ``wait_for_server_s`` (0: do not wait)."""
-        deadline = time.monotonic() + self.config.wait_for_server_s
-        while time.monotonic() < deadline:
-            try:
-                if (await http.get("/healthz", timeout=2.0)).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            await asyncio.sleep(0.2)
-        if self.config.wait_for_server_s > 0:
-            logger.warning(
-                "%s did not answer /healthz within %g s: trying anyway",
-                self.config.server_url,
-                self.config.wait_for_server_s,
-            )
+        """Wait up to ``wait_for_server_s`` for ``/healthz``; check its geometry if asked."""
+        cfg = self.config
+        if cfg.wait_for_server_s > 0 or cfg.check_server:
+            edge, url = self.edge, cfg.server_url
+            await wait_for_server(http, edge, cfg.wait_for_server_s, url, cfg.check_server)
 
     async def _transmit(self, http: httpx.AsyncClient, d: EdgeDecision) -> ImageResult:
         """One transmitted image: the server's answer, or the edge's when the server fails."""

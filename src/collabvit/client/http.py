@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -106,14 +107,20 @@ def make_client(
     timeout_s: float = 30.0,
     max_connections: int = 4,
     transport: httpx.AsyncBaseTransport | None = None,
+    verify: ssl.SSLContext | bool = True,
 ) -> httpx.AsyncClient:
-    """An ``httpx.AsyncClient`` for :func:`send`: base URL, token, timeouts, keep-alive pool."""
+    """An ``httpx.AsyncClient`` for :func:`send`: base URL, token, timeouts, keep-alive pool.
+
+    ``verify``: how an ``https://`` server's certificate is checked (an
+    ``ssl.SSLContext`` with the CA of a private deployment; True: the system CAs).
+    """
     headers = {"Content-Type": "application/octet-stream"}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return httpx.AsyncClient(
         base_url=server_url,
         transport=transport,
+        verify=verify,
         headers=headers,
         timeout=httpx.Timeout(timeout_s),
         limits=httpx.Limits(

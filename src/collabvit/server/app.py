@@ -9,6 +9,13 @@ Errors map to answers in one place, :func:`_error_answer`: a
 missing or wrong token 401, a body slower than ``body_timeout_s`` 408 (and
 the connection closed), a client gone mid-upload is counted ``aborted`` and
 logged at INFO, anything else 500 with its traceback in the log.
+
+``/readyz`` answers 200 only while the work queue runs and the server is not
+draining (:func:`begin_draining`, called on SIGTERM); ``/healthz`` is liveness.
+The work queue is a :class:`~collabvit.server.batcher.Batcher` in this process
+unless one is given (the Ray engine's, :mod:`.ray_app`, sends each request to
+a model-worker deployment). Every response carries the model's identity
+(:mod:`.identity`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -43,11 +49,12 @@ from .api import (
     geometry_of,
     predict_batch,
 )
-from .batcher import Batcher, BatcherCallbacks
+from .batcher import Batcher, BatcherCallbacks, WorkQueue
 from .framing import RefuseAmbiguousFraming
+from .identity import IdentityHeaders, model_identity
 from .metrics import ServerMetrics
 
-__all__ = ["create_app"]
+__all__ = ["begin_draining", "create_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +79,9 @@ class _Service:
     config: ServerConfig
     geometry: Geometry
     metrics: ServerMetrics
-    batcher: Batcher[torch.Tensor]
+    batcher: WorkQueue
+    identity: dict[str, Any]
+    extra_metrics: Callable[[], bytes] | None = None  # e.g. Ray's, appended to ours
     decodes: asyncio.Semaphore | None = None  # made on the serving loop, at startup
     draining: bool = False
 
@@ -82,6 +91,8 @@ def create_app(
     config: ServerConfig | None = None,
     *,
     callbacks: Sequence[BatcherCallbacks] = (),
+    queue: WorkQueue | None = None,
+    extra_metrics: Callable[[], bytes] | None = None,
 ) -> FastAPI:
     """The FastAPI app serving ``loaded`` (the server model).
 
@@ -89,8 +100,11 @@ def create_app(
     tests ``async with app.router.lifespan_context(app)`` does). Stopping
     finishes every request already accepted. ``callbacks`` are called by the
     batcher after the app's own metrics (e.g. a test's hook that holds the worker).
+    ``queue`` replaces the in-process batcher (then ``callbacks`` are not
+    used); ``extra_metrics`` is more Prometheus text for ``/metrics``.
     """
-    service = _service(loaded, config or ServerConfig(), callbacks)
+    service = _service(loaded, config or ServerConfig(), callbacks, queue)
+    service.extra_metrics = extra_metrics
     app = FastAPI(
         title="collabvit server",
         description="Attention-aware collaborative inference: the server ViT",
@@ -100,19 +114,29 @@ def create_app(
         openapi_url=None,
     )
     app.add_middleware(RefuseAmbiguousFraming)  # before any route reads a body
+    app.add_middleware(IdentityHeaders, identity=service.identity)  # outermost: every answer
     app.state.model = loaded
     app.state.config = service.config
     app.state.metrics = service.metrics
     app.state.batcher = service.batcher
+    app.state.service = service
     _add_routes(app, service)
     return app
 
 
+def begin_draining(app: FastAPI) -> None:
+    """From now on ``/readyz`` answers 503 (requests are still answered): on SIGTERM."""
+    app.state.service.draining = True
+
+
 def _service(
-    loaded: LoadedModel, config: ServerConfig, callbacks: Sequence[BatcherCallbacks]
+    loaded: LoadedModel,
+    config: ServerConfig,
+    callbacks: Sequence[BatcherCallbacks],
+    queue: WorkQueue | None,
 ) -> _Service:
     metrics = ServerMetrics()
-    batcher = Batcher(
+    batcher = queue or Batcher(
         partial(predict_batch, loaded),  # same length buckets inside forward_subset
         max_batch_size=config.max_batch_size,
         max_wait_ms=config.max_wait_ms,
@@ -127,7 +151,8 @@ def _service(
             f"max_decoded_bytes ({config.max_decoded_bytes}) is below the {served_bytes} bytes "
             f"of one {geometry.describe()} image: the server could decode no request"
         )
-    return _Service(loaded, config, geometry, metrics, batcher)
+    identity = model_identity(loaded, geometry)
+    return _Service(loaded, config, geometry, metrics, batcher, identity)
 
 
 def _lifespan(s: _Service) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
@@ -187,6 +212,13 @@ def _add_routes(app: FastAPI, s: _Service) -> None:
         """Liveness and what the server takes; open without the token."""
         return JSONResponse(_health(s))
 
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        """Readiness: 200 while serving, 503 while starting or draining; open."""
+        ready = s.batcher.running and not s.draining
+        status = "ready" if ready else ("draining" if s.draining else "starting")
+        return JSONResponse({"status": status}, status_code=200 if ready else 503)
+
     @app.get("/metrics")
     async def prometheus_metrics(request: Request) -> Response:
         """Prometheus metrics (needs the token when one is set)."""
@@ -194,7 +226,10 @@ def _add_routes(app: FastAPI, s: _Service) -> None:
             _check_token(request, config.token)
         except _Unauthorized as exc:
             return _unauthorized(exc)
-        return Response(generate_latest(s.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        text = generate_latest(s.metrics.registry)
+        if s.extra_metrics is not None:
+            text += await run_in_threadpool(s.extra_metrics)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
 
 async def _answer(
@@ -230,6 +265,7 @@ async def _infer(
     server_ms = 1000.0 * (time.perf_counter() - received)
     result["server_ms"] = round(server_ms, 3)
     result["batch_size"] = batch_size
+    result["identity"] = s.identity
     s.metrics.latency.labels(endpoint).observe(server_ms / 1000.0)
     return JSONResponse(result)
 
@@ -298,6 +334,8 @@ def _health(s: _Service) -> dict[str, Any]:
         "max_queue": s.config.max_queue,
         "max_batch_size": s.config.max_batch_size,
         "auth": s.config.token is not None,
+        "ready": s.batcher.running and not s.draining,
+        "identity": s.identity,
     }
 
 

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -23,7 +23,7 @@ from typing import Any, Generic, Protocol, TypeVar
 from ..errors import ConfigError, ModelError, ServerBusy
 from .api import Decoded
 
-__all__ = ["Batcher", "BatcherCallbacks", "Rows"]
+__all__ = ["Batcher", "BatcherCallbacks", "Rows", "WorkQueue"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,29 @@ class Rows(Protocol[R_co]):
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int, /) -> R_co: ...
+
+
+class WorkQueue(Protocol):
+    """What the app needs of its work queue: a :class:`Batcher`, or the Ray engine's."""
+
+    @property
+    def running(self) -> bool: ...
+
+    @property
+    def queue_depth(self) -> int: ...
+
+    @property
+    def in_flight(self) -> int: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def check_accepting(self) -> None: ...
+
+    def submit(self, decoded: Decoded) -> Awaitable[tuple[Any, int]]: ...
 
 
 class BatcherCallbacks:
