@@ -83,6 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     net = parser.add_argument_group("server")
     net.add_argument("--server-url", required=True, metavar="URL", help="http://HOST:PORT")
+    net.add_argument("--ca-file", metavar="PEM", help="CA bundle of an https:// server")
     net.add_argument("--codec", default="raw", choices=("raw", "png", "jpeg"))
     net.add_argument("--quality", type=int, default=90, help="jpeg quality 1..100")
     net.add_argument("--concurrency", type=int, default=4, help="requests in flight")
@@ -270,6 +271,8 @@ def _config(args: argparse.Namespace) -> ClientConfig:
         batch_size=args.batch_size,
         wait_for_server_s=args.wait_for_server,
         full_jpeg_baseline=args.baseline_bytes,
+        ca_file=args.ca_file,
+        check_server=True,  # /healthz once: a server of another geometry is refused
     )
 
 
