@@ -75,6 +75,14 @@ BAD_CONFIGS = {
     "name a number": (_put("name", 5), "'name' must be a string"),
     "class_names text": (_put("class_names", "abc"), "'class_names' must be a list"),
     "class_names too few": (_put("class_names", ["cat", "dog"]), "2 class names"),
+    "no classifier head": (
+        lambda cfg: cfg["vit_kwargs"].update(num_classes=0),
+        "without a classifier head",
+    ),
+    "mean of 3 for one channel": (
+        lambda cfg: (cfg["vit_kwargs"].update(in_chans=1), cfg.update(input_size=[1, 64, 64])),
+        "'mean' must be 1 number (one per channel)",
+    ),
     "vit_kwargs unbuildable": (
         lambda cfg: cfg["vit_kwargs"].update(num_heads=0),
         "cannot build a ViT",

@@ -55,7 +55,8 @@ def _problem(cfg: Any) -> str | None:
     for key in ("mean", "std"):
         values = cfg[key]
         if not (isinstance(values, list) and len(values) == size[0] and all(map(_number, values))):
-            return f"{key!r} must be {size[0]} numbers (one per channel), not {_short(values)}"
+            many = f"{size[0]} numbers" if size[0] != 1 else "1 number"
+            return f"{key!r} must be {many} (one per channel), not {_short(values)}"
     if not all(s > 0 for s in cfg["std"]):
         return f"'std' must be positive, not {_short(cfg['std'])}"
     crop = cfg.get("crop_pct", 1.0)
@@ -102,6 +103,11 @@ def check_built(cfg: dict[str, Any], model: Any, path: Path) -> None:
         raise CheckpointError(
             f"model config {path}: 'input_size' {[c, h, w]} does not match its vit_kwargs, "
             f"which build a model of {channels} x {gh} x {gw} images"
+        )
+    if int(model.num_classes) < 1:
+        raise CheckpointError(
+            f"model config {path}: its vit_kwargs build a model without a classifier head "
+            "(num_classes 0); edge and server models classify"
         )
     names = cfg.get("class_names")
     if names is not None and len(names) != int(model.num_classes):
