@@ -27,19 +27,23 @@ def _write_idx(path: Path, array: np.ndarray) -> None:
         fh.write(header + array.astype(np.uint8).tobytes())
 
 
-def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _small_data(folder: Path) -> Path:
     images, labels = shipped_test_split()
-    data = tmp_path / "data"
-    data.mkdir()
+    folder.mkdir()
     for stem, array in {
         "train-images-idx3-ubyte": images[:128],
         "train-labels-idx1-ubyte": labels[:128],
         "t10k-images-idx3-ubyte": images[128:160],
         "t10k-labels-idx1-ubyte": labels[128:160],
     }.items():
-        _write_idx(data / f"{stem}.gz", array)
+        _write_idx(folder / f"{stem}.gz", array)
+    return folder
+
+
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _small_data(tmp_path / "data")
     # cluttered canvases, patch dropout and flips: every random draw must be resumed
     cfg = replace(TRAIN_CONFIGS["cfmnist-tiny"], batch_size=32, patch_drop=0.3, hflip=True)
     monkeypatch.setattr(collabvit.training, "CHECKPOINT_S", 0.0)  # a checkpoint every step
@@ -60,3 +64,17 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     losses = [h["loss"] for h in whole["training"]["history"]]
     assert [h["loss"] for h in resumed["training"]["history"]] == pytest.approx(losses, abs=1e-6)
+
+
+def test_the_server_recipe_selects_with_the_edge_trained_into_the_same_folder(
+    tmp_path: Path,
+) -> None:
+    """cfmnist-base's select_with=cfmnist-tiny is found in --out before it is shipped."""
+    data = _small_data(tmp_path / "data")
+    torch.set_num_threads(1)
+    out = tmp_path / "out"
+    train(replace(TRAIN_CONFIGS["cfmnist-tiny"], batch_size=64), out, data_dir=data, epochs=1)
+    base = replace(TRAIN_CONFIGS["cfmnist-base"], batch_size=64, select_share=1.0)
+    config = train(base, out, data_dir=data, epochs=1)
+    assert config["num_parameters"] >= 5 * 119_000 and config["input_size"] == [1, 56, 56]
+    assert config["training"]["history"][0]["select_with"] == "cfmnist-tiny"

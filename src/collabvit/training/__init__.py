@@ -162,7 +162,8 @@ def _train(
         checkpoint_s=CHECKPOINT_S,
     )
     if cfg.select_with is not None:
-        run.selector = load_model(cfg.select_with, device=device)
+        local = out / f"{cfg.select_with}.json"  # the edge trained into the same --out
+        run.selector = load_model(str(local) if local.is_file() else cfg.select_with, device=device)
         run.selector.model.eval()
     for epoch in range(state.epoch, epochs):
         t0 = time.perf_counter() - state.epoch_s  # a resumed epoch keeps its earlier seconds
