@@ -272,3 +272,13 @@ def test_the_cli_warns_of_the_skipped_images_and_evaluates_the_rest(
     warnings = [r.getMessage() for r in caplog.records if "skipping" in r.getMessage()]
     assert len(warnings) == 1 and "skipping 2 of 6 file(s)" in warnings[0]
     assert f"{rows[4][0]} (not in csv labels file labels.csv)" in warnings[0]
+
+
+def test_spaces_after_the_commas_of_a_csv_are_not_part_of_the_names(
+    flat: Path, rows: list[tuple[str, str, str]], tmp_path: Path
+) -> None:
+    """Today: 'needs a header with file and label columns' for a header 'file, label'."""
+    lines = [f"{f}, {label}, {synset}" for f, label, synset in rows[:3]]
+    labels = _csv(tmp_path / "labels.csv", lines, header="file, label, synset")
+    samples, _ = discover(flat, labels, num_classes=1000)
+    assert [(s.file, s.label) for s in samples] == [(f, int(label)) for f, label, _ in rows[:3]]

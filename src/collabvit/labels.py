@@ -186,7 +186,7 @@ def read_labels(path: str | Path, num_classes: int | None = None) -> LabelFile:
     first = next((line.strip() for line in lines if line.strip()), "")
     if NUMBER.fullmatch(first):
         return _read_devkit(path, lines, num_classes)
-    reader = csv.DictReader(lines)
+    reader = csv.DictReader(lines, skipinitialspace=True)  # "file, label" is file,label
     fields = set(reader.fieldnames or ())
     if {"ImageId", "PredictionString"} <= fields:
         return _read_kaggle(path, reader, num_classes)
