@@ -1,8 +1,12 @@
 """The ``collabvit`` command line: one sub-command per module in ``collabvit.commands``.
 
-Only this layer talks to the terminal: it sets up logging, shows progress
-bars, prints short summaries, and turns a :class:`CollabViTError` into one
-line on stderr and exit status 2.
+Only this layer talks to the terminal: it sets up logging (``-v`` debug,
+``-q`` warnings only, before or after the command), shows progress bars (on
+a terminal only), prints short summaries, and turns an error into one line
+on stderr and an exit status (:data:`EXIT_STATUS`): 2 for a usage error
+(argparse, a bad option value, model, checkpoint, data or labels file: a
+:class:`CollabViTError` of that kind), 1 for a failure during the work (the
+server, the wire, I/O).
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import CollabViTError, ConfigError
+from .commands._point import add_point_options, point_from_args
+from .commands._values import count, crop_ratio
+from .errors import CollabViTError, exit_status
 
 __all__ = [
     "COMMANDS",
@@ -41,6 +47,31 @@ COMMANDS = (
 )
 
 logger = logging.getLogger("collabvit")
+
+EXIT_STATUS = (
+    "exit status: 0 success, 1 a runtime failure (server, wire, I/O during the work; "
+    "collabvit edge: see docs/serving.md), 2 a usage error (a bad option value, model, "
+    "checkpoint, data or labels file, found before the work), 130/143 interrupted "
+    "(SIGINT/SIGTERM)"
+)
+"""The epilog of every ``--help``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors: ``collabvit CMD: error: ...`` and status 2."""
+
+    def error(self, message: str) -> Any:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each default shown once: not for options without one, nor when the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
 
 
 def add_model_options(
@@ -79,9 +110,10 @@ def add_model_options(
     )
     group.add_argument(
         "--crop-pct",
-        type=float,
+        type=crop_ratio,
         metavar="R",
-        help="crop ratio (default 0.875 for timm models, as the DeiT authors)",
+        help="crop ratio in (0, 1] (default: the model's, 0.875 for timm models as the DeiT "
+        "authors)",
     )
     group.add_argument(
         "--device",
@@ -114,7 +146,7 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> 
     )
     group.add_argument(
         "--limit",
-        type=int,
+        type=count,
         metavar="N",
         help="N images only: the first N, or with --subset-seed a class-stratified subset",
     )
@@ -125,106 +157,15 @@ def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> 
         help="with --limit: a seeded subset drawing round-robin from every class "
         "(default: no seed, the first N images in folder order)",
     )
-    group.add_argument("--batch-size", type=int, default=64, metavar="B")
+    group.add_argument(
+        "--batch-size", type=count, default=64, metavar="B", help="images per model forward"
+    )
     group.add_argument(
         "--workers",
         type=int,
         metavar="N",
         help="loader processes decoding the images (default: the usable cores; 0: in the "
         "main process); the results do not depend on it",
-    )
-
-
-class _PointFlag(argparse.Action):
-    """Stores an operating-point option and notes that it was given (see ``--point``)."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: Any,
-        option_string: str | None = None,
-    ) -> None:
-        setattr(namespace, self.dest, True if self.nargs == 0 else values)
-        given = set(getattr(namespace, "point_flags_given", ()))
-        given.add(option_string or self.dest)
-        namespace.point_flags_given = sorted(given)
-
-
-def add_point_options(parser: argparse.ArgumentParser) -> None:
-    """--point FILE, or --score --rule --threshold --measure --eta (--include-crossing --seed).
-
-    The choices come from the method's tables (:data:`collabvit.attention.SCORES`,
-    :data:`collabvit.selection.RULES`, :data:`collabvit.gating.MEASURES`), so an
-    entry added there is a choice here. ``--point calibrated.json`` (written by
-    ``collabvit calibrate``) fixes the whole point; giving any of the other
-    options with it is an error, so a file never mixes silently with flags.
-    """
-    from .attention import SCORES
-    from .gating import MEASURES
-    from .selection import RULES
-
-    group = parser.add_argument_group("operating point")
-    group.add_argument(
-        "--point",
-        metavar="calibrated.json",
-        help="the operating point chosen by collabvit calibrate (instead of the options below)",
-    )
-    flag: dict[str, Any] = {"action": _PointFlag}
-    group.add_argument("--score", default="mean", choices=tuple(SCORES), help="patch score", **flag)
-    group.add_argument(
-        "--rule",
-        default="attention-sum",
-        choices=tuple(RULES),
-        help="patch selection rule",
-        **flag,
-    )
-    meanings = ", ".join(f"{r.parameter} ({name})" for name, r in RULES.items() if r.parameter)
-    group.add_argument(
-        "--threshold", type=float, default=0.97, help=f"the rule's parameter: {meanings}", **flag
-    )
-    group.add_argument(
-        "--measure", default="min-entropy", choices=tuple(MEASURES), help="gate measure", **flag
-    )
-    group.add_argument("--eta", type=float, default=0.8, help="gate threshold", **flag)
-    group.add_argument(
-        "--include-crossing",
-        nargs=0,
-        default=False,
-        help="attention-sum: also keep the patch that crosses delta_sum",
-        **flag,
-    )
-    group.add_argument("--seed", type=int, default=0, help="seed of the random rule", **flag)
-
-
-def point_from_args(args: argparse.Namespace) -> Any:
-    """The :class:`~collabvit.pipeline.OperatingPoint` of :func:`add_point_options` options.
-
-    With ``--point FILE`` the point of a ``calibrated.json``
-    (:func:`collabvit.calibration.read_point`); ConfigError when point options
-    are given too.
-    """
-    from .pipeline import OperatingPoint
-
-    path = getattr(args, "point", None)
-    if path is not None:
-        from .calibration import read_point
-
-        given = getattr(args, "point_flags_given", [])
-        if given:
-            raise ConfigError(
-                f"--point {path} fixes the operating point: drop {', '.join(given)} "
-                "(or drop --point)"
-            )
-        return OperatingPoint(**read_point(path))
-    return OperatingPoint(
-        score=args.score,
-        rule=args.rule,
-        threshold=args.threshold,
-        measure=args.measure,
-        eta=args.eta,
-        include_crossing=args.include_crossing,
-        seed=args.seed,
     )
 
 
@@ -281,20 +222,27 @@ def load_samples(args: argparse.Namespace, num_classes: int) -> list[Any]:
 
 
 def progress_bar(total: int, desc: str, unit: str = "img") -> Any:
-    """A tqdm bar on stderr (disabled when stderr is not a terminal and CI is quiet)."""
+    """A tqdm bar on stderr, drawn only when stderr is a terminal (no frames in a log file)."""
     from tqdm import tqdm
 
     return tqdm(
-        total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, mininterval=0.5
+        total=total,
+        desc=desc,
+        unit=unit,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        mininterval=0.5,
+        disable=not sys.stderr.isatty(),
     )
 
 
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[..., int | None]]]:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="collabvit",
         description="Attention-aware collaborative inference between an edge ViT and a server ViT",
+        epilog=EXIT_STATUS,
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    _add_verbosity(parser, False)
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     runners: dict[str, Callable[..., int | None]] = {}
@@ -309,8 +257,10 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[..., in
             name,
             help=module.HELP,
             description=module.__doc__,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=_HelpFormatter,
+            epilog=EXIT_STATUS,
         )
+        _add_verbosity(p, argparse.SUPPRESS)  # after the command too; unset: the top level's
         try:
             module.add_arguments(p)
         except ModuleNotFoundError as exc:  # an edge install: no torch, timm, ...
@@ -321,6 +271,15 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[..., in
             continue
         runners[name] = module.run
     return parser, runners
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="debug logging"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="warnings and errors only"
+    )
 
 
 # the packages of the [research] extra that an edge install (collabvit[edge]) lacks
@@ -357,17 +316,33 @@ def _version() -> str:
     return f"collabvit {__version__}"
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``collabvit`` script; returns the exit status."""
-    parser, runners = _build_parser()
-    args = parser.parse_args(argv)
+def _logging_level(args: argparse.Namespace) -> int:
+    """-v: DEBUG, -q: WARNING, else INFO; the ``collabvit`` logger is set to it."""
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=level,
         format="%(levelname)s %(name)s: %(message)s" if args.verbose else "%(message)s",
     )
     # third-party chatter stays quiet unless asked for
     for noisy in ("timm", "httpx", "httpcore", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    return level
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``collabvit`` script; returns the exit status (:data:`EXIT_STATUS`)."""
+    from .commands._runinfo import started_utc
+
+    parser, runners = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    if args.verbose and args.quiet:
+        parser.error("give -v (debug) or -q (warnings only), not both")
+    args.command_line = ["collabvit", *argv]
+    args.started_utc = started_utc()
+    ours = logging.getLogger("collabvit")
+    previous = ours.level
+    ours.setLevel(_logging_level(args))
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     try:
@@ -375,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(runners[args.command](args) or 0)
     except CollabViTError as exc:
         print(f"collabvit {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return exit_status(exc)
     except ModuleNotFoundError as exc:
         if _research_module(exc) is None:
             raise
@@ -385,9 +360,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except OSError as exc:  # a disk full, a file gone while working: a runtime failure
+        print(f"collabvit {args.command}: error: {exc}", file=sys.stderr)
+        return exit_status(exc)
     except KeyboardInterrupt:
         print(f"collabvit {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        ours.setLevel(previous)
 
 
 if __name__ == "__main__":

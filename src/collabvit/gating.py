@@ -21,6 +21,7 @@ entry.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -91,6 +92,8 @@ class Measure:
             edge is clearly ahead).
         gates: False for ``none``: every image is sent and eta is unused.
         label: how figures name it.
+        eta_low, eta_high: the range of the statistic, so of a sensible eta
+            (None: unbounded); :meth:`check_eta` holds a chosen eta to it.
     """
 
     name: str
@@ -98,12 +101,31 @@ class Measure:
     high_transmits: bool = True
     gates: bool = True
     label: str = ""
+    eta_low: float | None = None
+    eta_high: float | None = None
+
+    def check_eta(self, eta: float) -> float:
+        """``eta`` as a float, or ConfigError when it is outside the statistic's range."""
+        if isinstance(eta, bool) or not math.isfinite(float(eta)):
+            raise ConfigError(f"{self.name}: eta must be a finite number, got {eta}")
+        if self.eta_low is not None and eta < self.eta_low:
+            raise ConfigError(f"{self.name}: eta must be >= {self.eta_low:g}, got {eta:g}")
+        if self.eta_high is not None and eta > self.eta_high:
+            raise ConfigError(f"{self.name}: eta must be <= {self.eta_high:g}, got {eta:g}")
+        return float(eta)
 
 
 MEASURES: dict[str, Measure] = {
-    "min-entropy": Measure("min-entropy", min_entropy, label="min-entropy (eq. 13)"),
-    "shannon": Measure("shannon", shannon_entropy, label="Shannon entropy (eq. 12)"),
-    "margin": Measure("margin", margin, high_transmits=False, label="probability margin"),
+    "min-entropy": Measure("min-entropy", min_entropy, label="min-entropy (eq. 13)", eta_low=0.0),
+    "shannon": Measure("shannon", shannon_entropy, label="Shannon entropy (eq. 12)", eta_low=0.0),
+    "margin": Measure(
+        "margin",
+        margin,
+        high_transmits=False,
+        label="probability margin",
+        eta_low=0.0,
+        eta_high=1.0,
+    ),
     "none": Measure("none", _no_statistic, gates=False, label="no gate"),
 }
 """The gate measures, by name."""

@@ -170,6 +170,8 @@ class Rule:
             ``"count"`` (k = its mean patch count), ``"quantile"`` (the score
             that keeps the same share of patches) or None (not available).
         label: how figures name it.
+        zero_keeps_none: a parameter of 0 keeps no patch (attention-sum; count
+            rules always): a value chosen by a user must be above 0.
     """
 
     name: str
@@ -179,6 +181,7 @@ class Rule:
     upper: float | None = None
     auto: str | None = None
     label: str = ""
+    zero_keeps_none: bool = False
 
     def check(self, value: float) -> float:
         """The parameter as a float, or ConfigError saying what is wrong with it."""
@@ -192,6 +195,21 @@ class Rule:
             )
         return float(value)
 
+    def check_chosen(self, value: float) -> float:
+        """:meth:`check`, stricter for a value a user picks (``--k``, ``--delta-sum``).
+
+        A count must be a whole number >= 1, and a parameter of 0 that keeps no
+        patch is refused (a sweep's derived values may still be 0).
+        """
+        value = self.check(value)
+        if self.count and (value < 1 or value != int(value)):
+            raise ConfigError(
+                f"{self.name}: {self.parameter} must be a whole number >= 1, got {value:g}"
+            )
+        if self.zero_keeps_none and value == 0:
+            raise ConfigError(f"{self.name}: {self.parameter} must be > 0 (0 keeps no patch)")
+        return value
+
 
 RULES: dict[str, Rule] = {
     "top-k": Rule("top-k", top_k, "k", count=True, auto="count", label="top-k"),
@@ -204,7 +222,12 @@ RULES: dict[str, Rule] = {
         label="attention threshold",
     ),
     "attention-sum": Rule(
-        "attention-sum", attention_sum, "delta_sum", upper=1.0, label="attention-sum"
+        "attention-sum",
+        attention_sum,
+        "delta_sum",
+        upper=1.0,
+        label="attention-sum",
+        zero_keeps_none=True,
     ),
     "random": Rule("random", random_selection, "k", count=True, auto="count", label="random"),
     "all": Rule("all", all_patches, "", label="all patches"),

@@ -41,4 +41,4 @@ def test_demo_bad_limit_is_one_clear_line(tmp_path: Path) -> None:
     assert result.returncode == 2
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert "--limit 0" in lines[0] and "at least 1" in lines[0]
+    assert "--limit: 0 is too small" in lines[0] and ">= 1" in lines[0]

@@ -142,8 +142,11 @@ def edge_point_count(grid: SweepGrid) -> int:
 def run(args: argparse.Namespace) -> int:
     from ..cli import load_pair, load_samples
     from ..sweep import calibration_outcomes, data_identity, model_identity, run_sweep
+    from ._outputs import check_outputs
+    from ._runinfo import run_info
     from .sweep import sweep_progress
 
+    check_outputs(dirs={"--out": args.out, "--cache": args.cache})
     grid = check_arguments(args)
     edge, server = load_pair(args)
     samples = load_samples(args, server.num_classes)
@@ -165,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             cache_dir=args.cache or out / "cache",
             target_drop=args.max_drop if args.max_drop is not None else 1.0,
             progress=sweep_progress(stack),
+            workers=args.workers,
         )
     points, outcomes = calibration_outcomes(result)
     body = calibrate_body(args, points, outcomes, grid, chance=1.0 / server.num_classes)
@@ -172,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     body["data"] = data_identity(samples)
     body["models"] = {"edge": model_identity(edge), "server": model_identity(server)}
     body["sweep"] = {"fingerprint": result.meta["fingerprint"], "cache": result.meta["cache"]}
+    body["run"] = run_info(args, {"edge": edge, "server": server})
     out.mkdir(parents=True, exist_ok=True)
     path = out / "calibrated.json"
     path.write_text(json.dumps(body, indent=2) + "\n")

@@ -17,11 +17,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..report.tables import describe_point
 from ..sweep.grid import ALL, Series, SweepGrid
 from ..sweep.paper import PAPER_ETAS
 from ..sweep.points import EDGE_ONLY, SERVER_ONLY, ResultRow, best_point
+from ._outputs import check_outputs, writing
+from ._runinfo import run_info
+from ._values import count
 
 if TYPE_CHECKING:
     from ..sweep.run import SweepResult
@@ -51,8 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default="collabvit-demo", metavar="DIR", help="tables, figures and results"
     )
-    parser.add_argument("--json", metavar="FILE", help="headline numbers as JSON")
-    parser.add_argument("--limit", type=int, metavar="N", help="first N test images only")
+    parser.add_argument(
+        "--json", metavar="FILE", help="headline numbers and the run's versions, as JSON"
+    )
+    parser.add_argument("--limit", type=count, metavar="N", help="first N test images only")
     parser.add_argument(
         "--target-drop",
         type=float,
@@ -67,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="demo: the paper's delta_sum x eta_m trade-off grid and the "
         "comparisons at fewer points; paper: every default grid",
     )
-    parser.add_argument("--batch-size", type=int, default=256, metavar="B")
+    parser.add_argument("--batch-size", type=count, default=256, metavar="B")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
 
@@ -80,10 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from ..sweep import run_sweep
     from .sweep import sweep_progress
 
-    if args.limit is not None and args.limit < 1:
-        raise ConfigError(
-            f"--limit {args.limit}: give at least 1 image (the shipped test split has 10,000)"
-        )
+    check_outputs(files={"--json": args.json}, dirs={"--out": args.out})
     device = resolve_device(args.device)  # a missing GPU is one line, before any loading
     edge = load_model("fmnist-tiny", device=device)
     server = load_model("fmnist-base", device=device)
@@ -110,7 +112,9 @@ def run(args: argparse.Namespace) -> int:
         [r for r in result.rows if r.rule != ALL], result.server_accuracy, args.target_drop
     )
     if args.json:
-        Path(args.json).write_text(json.dumps(headline(result), indent=2) + "\n")
+        body = headline(result) | {"run": run_info(args, {"edge": edge, "server": server})}
+        with writing("--json", args.json):
+            Path(args.json).write_text(json.dumps(body, indent=2) + "\n")
     n = len(samples)
     print(
         f"Fashion-MNIST test set, {n:,} images: edge {edge.name} "

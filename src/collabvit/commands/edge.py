@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..cli import add_model_options, add_point_options
+from ._values import count, server_url
 from .serve import _skip_final_gc
 
 if TYPE_CHECKING:
@@ -67,13 +68,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "inputs", nargs="+", metavar="IMAGE|DIR", help="image files, or one folder of images"
     )
     parser.add_argument("--labels", metavar="CSV", help="CSV with file,label columns")
-    parser.add_argument("--limit", type=int, metavar="N", help="first N images only")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="B", help="edge batch")
+    parser.add_argument("--limit", type=count, metavar="N", help="first N images only")
+    parser.add_argument("--batch-size", type=count, default=64, metavar="B", help="edge batch")
     parser.add_argument(
         "--out",
         required=True,
         metavar="FILE.jsonl",
-        help="one line per image, written as each is answered",
+        help="one line per image, written as each is answered (its folder must exist)",
+    )
+    parser.add_argument(
+        "--json", metavar="FILE", help="the summary and the run's versions, as JSON"
     )
     parser.add_argument(
         "--resume",
@@ -82,7 +86,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(edge fallbacks are tried again)",
     )
     net = parser.add_argument_group("server")
-    net.add_argument("--server-url", required=True, metavar="URL", help="http://HOST:PORT")
+    net.add_argument(
+        "--server-url", required=True, type=server_url, metavar="URL", help="http://HOST:PORT"
+    )
     net.add_argument("--ca-file", metavar="PEM", help="CA bundle of an https:// server")
     net.add_argument("--codec", default="raw", choices=("raw", "png", "jpeg"))
     net.add_argument("--quality", type=int, default=90, help="jpeg quality 1..100")
@@ -127,40 +133,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _samples(args: argparse.Namespace) -> list[Sample]:
-    import csv
-    from pathlib import Path
-
-    from ..data import Sample, discover
-    from ..errors import DataError
-
-    paths = [Path(p) for p in args.inputs]
-    if len(paths) == 1 and paths[0].is_dir():
-        samples, _ = discover(paths[0], args.labels, args.limit)
-        return samples
-    if any(p.is_dir() for p in paths):
-        raise DataError("give either one folder or image files, not both")
-    missing = [p for p in paths if not p.is_file()]
-    if missing:
-        raise DataError(f"{len(missing)} input file(s) do not exist (first: {missing[0]})")
-    labels: dict[str, int] = {}
-    if args.labels:
-        try:
-            with open(args.labels, newline="") as fh:
-                for row in csv.DictReader(fh):
-                    labels[row["file"]] = int(row["label"])
-        except (OSError, KeyError, ValueError, TypeError) as exc:
-            raise DataError(
-                f"labels file {args.labels} is not a CSV with file,label columns ({exc})"
-            ) from None
-    if args.limit is not None:
-        paths = paths[: args.limit]
-    return [
-        Sample(i, str(p), p, labels.get(str(p), labels.get(p.name, -1)))
-        for i, p in enumerate(paths)
-    ]
-
-
 def run(args: argparse.Namespace) -> int:
     status = execute(args)
     _skip_final_gc()
@@ -169,9 +141,11 @@ def run(args: argparse.Namespace) -> int:
 
 def execute(args: argparse.Namespace) -> int:
     """The command, without the fast exit: the exit status (docs/serving.md, Exit status)."""
-    from ..cli import load_role, point_from_args, progress_bar
-    from ..client import EdgeClient, JsonlWriter, summarise, write_jsonl
+    from ..cli import load_role, point_from_args
+    from ..client import EdgeClient
     from ..errors import ConfigError
+    from . import _edge_io as io
+    from ._outputs import check_outputs
 
     if args.runtime == "torch" and args.threads is not None:
         import torch
@@ -179,15 +153,28 @@ def execute(args: argparse.Namespace) -> int:
         torch.set_num_threads(max(1, args.threads))
     if args.runtime == "torch" and not args.edge:
         raise ConfigError("--edge NAME is required (or --runtime onnx --model FILE.onnx)")
+    check_outputs(files={"--out": args.out, "--json": args.json})
     point = point_from_args(args) if args.runtime == "torch" else _edge_point(args)
     config = _config(args)  # a bad token or option fails here, before any work
     edge = _load_edge(args, config) if args.runtime == "onnx" else None  # file, /healthz
-    samples = _samples(args)
+    samples = io.samples(args)
     out = Path(args.out)
-    kept = _resumable(out, samples) if args.resume else []
+    kept = io.resumable(out, samples) if args.resume else []
     done = {r.file for r in kept}
     todo = [s for s in samples if s.file not in done]
     edge = edge or load_role(args, "edge")
+    answered, signum = _answer(EdgeClient(edge, point, config), kept, todo, out)
+    results = io.in_input_order([*kept, *answered], samples)
+    return _finish(args, edge, results, len(samples), signum)
+
+
+def _answer(
+    client: EdgeClient, kept: list[ImageResult], todo: list[Sample], out: Path
+) -> tuple[list[ImageResult], int | None]:
+    """Answer ``todo``, each line appended to ``out`` (after ``kept``) as it is answered."""
+    from ..cli import progress_bar
+    from ..client import JsonlWriter, write_jsonl
+
     write_jsonl(kept, out)  # the lines a resumed run keeps (none for a fresh run)
     with JsonlWriter(out, append=True) as sink, progress_bar(len(todo), "edge") as bar:
 
@@ -195,39 +182,51 @@ def execute(args: argparse.Namespace) -> int:
             sink.write(result)  # on disk (flushed) as soon as it is answered
             bar.update(1)
 
-        answered, signum = _run_until_signal(EdgeClient(edge, point, config), todo, on_result)
-    results = _in_input_order([*kept, *answered], samples)
+        return _run_until_signal(client, todo, on_result)
+
+
+def _finish(
+    args: argparse.Namespace,
+    edge: Any,
+    results: list[ImageResult],
+    total: int,
+    signum: int | None,
+) -> int:
+    """The file in input order, the summary (and --json), the exit status and its line."""
+    import json
+
+    from ..client import summarise, write_jsonl
+    from . import _edge_io as io
+    from ._outputs import writing
+    from ._runinfo import run_info
+
+    out = Path(args.out)
     write_jsonl(results, out)
-    _print_summary(summarise(results, edge.num_patches), results)
+    summary = summarise(results, edge.num_patches)
+    io.print_summary(summary, results)
+    failure = None if signum is not None else io.failure(results, args.fail_on_fallback)
+    status = 128 + signum if signum is not None else 0 if failure is None else 1
+    if args.json:
+        body = summary | {"exit_status": status, "run": run_info(args, {"edge": edge})}
+        with writing("--json", args.json):
+            Path(args.json).write_text(json.dumps(body, indent=2) + "\n")
     if signum is not None:
         print(
             f"collabvit edge: interrupted ({signal.Signals(signum).name}) with {len(results)} of "
-            f"{len(samples)} images answered, all in {out}: rerun with --resume to answer the "
-            "rest",
+            f"{total} images answered, all in {out}: rerun with --resume to answer the rest",
             file=sys.stderr,
         )
-        return 128 + signum
-    failure = _failure(results, args.fail_on_fallback)
-    if failure is not None:
+    elif failure is not None:
         print(f"collabvit edge: error: {failure} (answers in {out})", file=sys.stderr)
-        return 1
-    return 0
+    return status
 
 
 def _edge_point(args: argparse.Namespace) -> EdgePoint:
     """The operating point of the ONNX edge (torch-free ``EdgePoint``): options or ``--point``."""
-    from ..errors import ConfigError
     from ..onnx_edge import EdgePoint
+    from ._point import point_fields
 
-    if args.point is not None:
-        from ..calibration import read_point
-
-        given = getattr(args, "point_flags_given", [])
-        if given:
-            raise ConfigError(f"--point {args.point} fixes the operating point: drop {given[0]}")
-        return EdgePoint(**read_point(args.point))
-    names = ("score", "rule", "threshold", "measure", "eta", "include_crossing", "seed")
-    return EdgePoint(**{name: getattr(args, name) for name in names})
+    return EdgePoint(**point_fields(args))
 
 
 def _load_edge(args: argparse.Namespace, config: ClientConfig) -> OnnxEdge:
@@ -287,57 +286,6 @@ def _token(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _failure(results: list[ImageResult], fail_on_fallback: bool) -> str | None:
-    """Why the run failed (exit status 1), in one line; None when it did not.
-
-    It failed when the server refused an image (a 4xx but 429: wrong token,
-    geometry, size; see NON_TRANSIENT), when it answered none of the images
-    sent (dead, or not a collabvit server), or, with --fail-on-fallback,
-    when any image fell back.
-    """
-    from ..client.results import NON_TRANSIENT
-
-    sent = [r for r in results if r.source in ("server", "edge-fallback")]
-    fallbacks = [r for r in sent if r.source == "edge-fallback"]
-    refused = [r for r in fallbacks if r.fallback in NON_TRANSIENT]
-    if refused:
-        why, first = f"the server refused {len(refused)} of {len(sent)} images sent", refused[0]
-    elif fallbacks and len(fallbacks) == len(sent):
-        why, first = f"the server answered none of the {len(sent)} images sent", fallbacks[0]
-    elif fallbacks and fail_on_fallback:
-        why = f"{len(fallbacks)} of {len(sent)} images sent fell back to the edge"
-        why, first = why + " (--fail-on-fallback)", fallbacks[0]
-    else:
-        return None
-    return f"{why}; first {first.file}: {first.error}"
-
-
-def _resumable(out: Path, samples: list[Sample]) -> list[ImageResult]:
-    """The answers in ``out`` that a rerun keeps: all but the edge fallbacks (tried again)."""
-    from ..client import read_jsonl
-
-    if not out.is_file():
-        log.info("--resume: %s does not exist yet: answering every image", out)
-        return []
-    previous = read_jsonl(out)
-    kept = [r for r in previous if r.source != "edge-fallback"]
-    wanted = {s.file for s in samples}
-    log.info(
-        "--resume: %d of %d images already answered in %s (%d edge fallback(s) tried again)",
-        sum(r.file in wanted for r in kept),
-        len(samples),
-        out,
-        len(previous) - len(kept),
-    )
-    return kept
-
-
-def _in_input_order(results: list[ImageResult], samples: list[Sample]) -> list[ImageResult]:
-    """Results ordered as the samples; lines for other files (an earlier run's) at the end."""
-    position = {s.file: i for i, s in enumerate(samples)}
-    return sorted(results, key=lambda r: position.get(r.file, len(samples)))
-
-
 def _run_until_signal(
     client: EdgeClient, samples: list[Sample], on_result: Callable[[ImageResult], None]
 ) -> tuple[list[ImageResult], int | None]:
@@ -368,36 +316,3 @@ def _run_until_signal(
 
     answered = asyncio.run(main())
     return answered, caught[0] if caught else None
-
-
-def _print_summary(s: dict[str, Any], results: list[ImageResult]) -> None:
-    fallbacks = [r for r in results if r.source == "edge-fallback"]
-    if fallbacks:
-        log.warning(
-            "%d image(s) answered by the edge because the server did not (first: %s: %s)",
-            len(fallbacks),
-            fallbacks[0].file,
-            fallbacks[0].error,
-        )
-
-    def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{100 * v:.2f}%"
-
-    src = s["sources"]
-    full = s["mean_full_jpeg_bytes"]
-    vs_full = (
-        f" vs {full:,.0f} B/image as whole JPEG q90 ({pct(s['mean_bytes_per_image'] / full)})"
-        if full
-        else ""
-    )
-    reasons = ", ".join(f"{k} {n}" for k, n in s["fallbacks"].items())
-    print(
-        f"{s['images']} images | accuracy {pct(s['accuracy'])} (edge alone "
-        f"{pct(s['edge_accuracy'])}) | transmitted {pct(s['transmit_ratio'])}, communication "
-        f"cost {pct(s['communication_cost'])} | "
-        f"server {src['server']}, edge {src['edge']}, fallbacks {src['edge-fallback']}"
-        + (f" ({reasons})" if reasons else "")
-        + (f", unreadable {src['unreadable']}" if src["unreadable"] else "")
-        + (f", sent raw (codec failed) {s['codec_fallbacks']}" if s["codec_fallbacks"] else "")
-        + f" | sent {s['mean_bytes_per_image']:,.0f} B/image{vs_full}"
-    )

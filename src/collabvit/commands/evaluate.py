@@ -19,6 +19,8 @@ from ..cli import (
     progress_bar,
 )
 from ..wire import CODECS
+from ._outputs import check_outputs, writing
+from ._runinfo import run_info
 
 HELP = "one operating point over a dataset: records CSV + summary JSON"
 
@@ -33,13 +35,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also report bytes on the wire per image with this codec",
     )
     parser.add_argument("--quality", type=int, default=90, help="JPEG quality of --codec jpeg")
-    parser.add_argument("--records", metavar="FILE.csv", help="per-image records")
-    parser.add_argument("--json", metavar="FILE.json", help="summary")
+    parser.add_argument(
+        "--records", metavar="FILE.csv", help="per-image records (its folder must exist)"
+    )
+    parser.add_argument(
+        "--json", metavar="FILE.json", help="summary, with the run's versions and weights"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from ..engine import evaluate, write_records, write_summary
 
+    check_outputs(files={"--records": args.records, "--json": args.json})
     point = point_from_args(args)
     edge, server = load_pair(args)
     samples = load_samples(args, server.num_classes)
@@ -53,11 +60,15 @@ def run(args: argparse.Namespace) -> int:
             progress=bar.update,
             codec=args.codec,
             quality=args.quality,
+            workers=args.workers,
         )
     if args.records:
-        write_records(result.records, args.records)
+        with writing("--records", args.records):
+            write_records(result.records, args.records)
     if args.json:
-        write_summary(result.summary, args.json)
+        run = run_info(args, {"edge": edge, "server": server})
+        with writing("--json", args.json):
+            write_summary({**result.summary, "run": run}, args.json)
     s = result.summary
 
     def pct(v: float | None) -> str:

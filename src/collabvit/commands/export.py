@@ -104,7 +104,9 @@ def _quiet_exporters(verbose: bool) -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import load_role
+    from ._outputs import check_output_file
 
+    check_output_file(args.out, "--out")
     edge = load_role(args, "edge")
     with _quiet_exporters(bool(getattr(args, "verbose", False))):
         meta = export(edge, args.out, args.precision, args.quantize)

@@ -69,6 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also measure the full-image-file baselines: every crop as one JPEG (q90) and "
         "one PNG file (costly: ~30 ms of CPU per image for PNG)",
     )
+    group.add_argument(
+        "--json", metavar="FILE", help="summary (headline numbers, the run's versions) as JSON"
+    )
 
 
 def sweep_progress(stack: ExitStack) -> Callable[[str, int, int], None]:
@@ -96,7 +99,10 @@ def run(args: argparse.Namespace) -> int:
     from ..loader import resolve_workers
     from ..report import describe_point, write_outputs
     from ..sweep import SweepGrid, run_sweep
+    from ._outputs import check_outputs
 
+    cache = None if args.no_cache else (args.cache or Path(args.out) / "cache")
+    check_outputs(files={"--json": args.json}, dirs={"--out": args.out, "--cache": cache})
     grid = SweepGrid.named(args.grid)
     resolve_workers(getattr(args, "workers", None), 0, 1)  # a bad --workers: before any model
     edge, server = load_pair(args)
@@ -146,6 +152,10 @@ def run(args: argparse.Namespace) -> int:
         f"{wall:.1f}s"
     )
     print(f"wrote {len(files)} files to {out}")
+    if args.json:
+        from ._sweep_summary import write_sweep_summary
+
+        write_sweep_summary(args, result, {"edge": edge, "server": server}, files, wall)
     return 0
 
 

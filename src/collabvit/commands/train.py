@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 
+from ._values import count
+
 HELP = "train a ViT on Fashion-MNIST (fmnist-tiny, fmnist-base)"
 
 
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="folder with the four idx files")
     parser.add_argument("--download", action="store_true", help="fetch with torchvision")
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
-    parser.add_argument("--limit", type=int, metavar="N", help="first N training images")
+    parser.add_argument("--limit", type=count, metavar="N", help="first N training images")
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
 
@@ -31,7 +33,9 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import progress_bar
     from ..models.devices import resolve_device
     from ..training import TRAIN_CONFIGS, train
+    from ._outputs import check_output_dir
 
+    check_output_dir(args.out, "--out")
     cfg = TRAIN_CONFIGS[args.config]
     if args.seed is not None:
         cfg = replace(cfg, seed=args.seed)

@@ -15,6 +15,7 @@ import argparse
 from pathlib import Path
 
 from ..cli import add_model_options, add_point_options, load_role, point_from_args
+from ._outputs import check_output_dir
 
 HELP = "per-image panels: attention heat-map, selected patches, predictions"
 
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.compare_server and not args.server:
         raise ConfigError("--compare-server needs --server")
+    check_output_dir(args.out, "--out")
     point = point_from_args(args)
     names = read_class_names(args.classes) if args.classes else None
     labels = read_labels(args.labels) if args.labels else {}

@@ -2,6 +2,12 @@
 
 :func:`write_outputs` is the presenting half of a sweep
 (:func:`collabvit.sweep.run_sweep` computes and writes nothing but its cache).
+
+The figures it draws are listed in ``figures/.collabvit-written.json``; a
+rerun into the same folder removes the figures of that list it did not draw
+again (another grid, ``--no-figures``), so no figure of an older run is left
+beside the new results. Files the list does not name (yours, or a version
+before the list) are never touched.
 """
 
 from __future__ import annotations
@@ -20,7 +26,10 @@ from .tables import tables_markdown
 if TYPE_CHECKING:
     from ..sweep.run import SweepResult
 
-__all__ = ["write_csv", "write_outputs"]
+__all__ = ["FIGURES_MANIFEST", "write_csv", "write_outputs"]
+
+FIGURES_MANIFEST = ".collabvit-written.json"
+"""The list of the figures the last run drew, in the figures folder."""
 
 
 def _fmt(v: Any) -> str:
@@ -73,6 +82,24 @@ def write_outputs(result: SweepResult, out_dir: str | Path, figures: bool = True
     if result.histogram is not None:
         files.append(out / "histogram.csv")
         _write_histogram(result.histogram, files[-1])
-    if figures:
-        files += render_figures(result, out / "figures")
-    return files
+    drawn = render_figures(result, out / "figures") if figures else []
+    _replace_figures(out / "figures", drawn)
+    return files + drawn
+
+
+def _replace_figures(folder: Path, drawn: list[Path]) -> None:
+    """Remove the figures the previous run listed and this one did not draw; list these."""
+    manifest = folder / FIGURES_MANIFEST
+    try:
+        before = json.loads(manifest.read_text()).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        before = []
+    names = sorted(p.name for p in drawn)
+    for name in set(before) - set(names):
+        stale = folder / str(name)
+        if "/" not in str(name) and stale.is_file():  # only plain names in this folder
+            stale.unlink()
+    if names:
+        _write_json(manifest, {"files": names})
+    else:
+        manifest.unlink(missing_ok=True)
