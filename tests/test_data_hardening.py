@@ -282,3 +282,14 @@ def test_spaces_after_the_commas_of_a_csv_are_not_part_of_the_names(
     labels = _csv(tmp_path / "labels.csv", lines, header="file, label, synset")
     samples, _ = discover(flat, labels, num_classes=1000)
     assert [(s.file, s.label) for s in samples] == [(f, int(label)) for f, label, _ in rows[:3]]
+
+
+def test_a_utf8_bom_class_map_reads_like_a_plain_one(flat: Path, tmp_path: Path) -> None:
+    folders = tmp_path / "folders"
+    for i, name in enumerate(("tench", "goldfish")):
+        (folders / name).mkdir(parents=True)
+        shutil.copy(sorted(flat.glob("*.JPEG"))[i], folders / name / "a.JPEG")
+    class_map = tmp_path / "map.csv"
+    class_map.write_bytes(b"\xef\xbb\xbffolder,class\r\ntench,n01440764\r\ngoldfish,1\r\n")
+    samples, _ = discover(folders, num_classes=1000, class_map=class_map)
+    assert [(s.file, s.label) for s in samples] == [("goldfish/a.JPEG", 1), ("tench/a.JPEG", 0)]
