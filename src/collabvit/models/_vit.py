@@ -3,8 +3,9 @@
 Everything collabvit needs to know about how a timm ViT is put together lives
 here: which models are supported (checked by class), the prefix tokens and
 position embeddings, embedding a subset of patches, running the encoder with a
-key mask, and reading q and k from a block's qkv projection. The rest of the
-package calls these helpers and never reaches into a timm module itself.
+key mask or packed without padding, and reading q and k from a block's qkv
+projection. The rest of the package calls these helpers and never reaches into
+a timm module itself.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Attention
+from timm.layers import Attention, Mlp
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from ..data import Preprocessing
@@ -25,6 +26,7 @@ __all__ = [
     "build_vit",
     "check_supported",
     "embed_patches",
+    "forward_packed",
     "forward_tokens",
     "imagenet_names",
     "num_classes_in",
@@ -212,3 +214,137 @@ def forward_tokens(
             x = blk(x, attn_mask=mask)
     x = model.norm(x)
     return model.forward_head(x)
+
+
+def _runs(counts: list[int]) -> list[tuple[int, int]]:
+    """(images, count) of each run of equal values in an ascending list of counts."""
+    runs: list[tuple[int, int]] = []
+    for c in counts:
+        if runs and runs[-1][1] == c:
+            runs[-1] = (runs[-1][0] + 1, c)
+        else:
+            runs.append((1, c))
+    return runs
+
+
+def _packed_tokens(
+    model: Any, images: torch.Tensor, keep_mask: torch.Tensor, order: torch.Tensor, npre: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image's prefix and kept patch tokens one after the other (eq. 1 embedding).
+
+    Args:
+        images: (B, C, H, W); keep_mask: (B, N) bool; order: (B,) images by ascending count.
+
+    Returns:
+        x: (T, D) tokens in the model's dtype, T = sum over images of (npre + count);
+        prefix_rows: (B, npre) rows of each image's prefix tokens in ``x`` (order of ``order``).
+    """
+    proj = model.patch_embed.proj
+    weight = proj.weight.reshape(proj.out_channels, -1)  # (D, C*p*p)
+    p = proj.kernel_size[0]
+    b = images.shape[0]
+    patches = images.unfold(2, p, p).unfold(3, p, p)  # (B, C, gh, gw, p, p)
+    patches = patches.permute(0, 2, 3, 1, 4, 5).flatten(1, 2).flatten(2)  # (B, N, C*p*p)
+    image, patch = keep_mask[order].nonzero(as_tuple=True)  # image-major, patches ascending
+    kept = patches[order[image], patch].to(weight.dtype)  # (K, C*p*p): kept patches only
+    tokens = model.patch_embed.norm(F.linear(kept, weight, proj.bias))
+    tokens = tokens + _patch_pos_embed(model)[patch]  # (K, D)
+    lengths = keep_mask[order].sum(1) + npre  # (B,)
+    starts = lengths.cumsum(0) - lengths
+    prefix_rows = starts[:, None] + torch.arange(npre, device=starts.device)  # (B, P)
+    total = int(lengths.sum())
+    is_patch = torch.ones(total, dtype=torch.bool, device=tokens.device)
+    is_patch[prefix_rows.flatten()] = False
+    x = tokens.new_empty(total, tokens.shape[-1])
+    x[is_patch] = tokens
+    x[prefix_rows.flatten()] = _prefix_tokens(model, b).reshape(b * npre, -1).to(x.dtype)
+    return x, prefix_rows
+
+
+def _packed_block(block: Any, x: torch.Tensor, runs: list[tuple[int, int]]) -> torch.Tensor:
+    """One timm ``Block`` on packed tokens: attention within each image, no key mask.
+
+    The same computation as ``Block.forward`` (pre-norm attention and MLP with
+    residuals, layer scale, optional qk-norm, scale-norm and gate), with the
+    token-wise layers run once over all the images' tokens (T, D) and the
+    attention run per run of equal-length images (g, H, L, Dh).
+    """
+    attn = block.attn
+    h = block.norm1(x)
+    qkv = attn.qkv(h)  # (T, 3 * H * Dh)
+    outs = []
+    start = 0
+    for images, length in runs:
+        rows = qkv[start : start + images * length]
+        rows = rows.view(images, length, 3, attn.num_heads, attn.head_dim)
+        q, k, v = rows.permute(2, 0, 3, 1, 4).unbind(0)  # (g, H, L, Dh) each
+        o = F.scaled_dot_product_attention(attn.q_norm(q), attn.k_norm(k), v)
+        outs.append(o.transpose(1, 2).reshape(images * length, -1))  # (g * L, H * Dh)
+        start += images * length
+    o = attn.norm(torch.cat(outs) if len(outs) > 1 else outs[0])
+    gate = getattr(attn, "gate", None)
+    if gate is not None:
+        o = o * gate(h).sigmoid()
+    x = x + block.drop_path1(block.ls1(attn.proj_drop(attn.proj(o))))
+    return x + block.drop_path2(block.ls2(_mlp(block.mlp, block.norm2(x))))
+
+
+def _fused_gelu_mlp(mlp: Any, x: torch.Tensor) -> bool:
+    """Whether fc1 and its exact GELU can run as one oneDNN call (bf16/fp16 on a CPU).
+
+    The GELU then runs in the GEMM's epilogue while fc1's output is in cache
+    instead of as a separate pass over (T, 4D) in memory; inference only.
+    """
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.bfloat16, torch.float16)
+        and not torch.is_grad_enabled()
+        and type(mlp) is Mlp
+        and type(mlp.act) is torch.nn.GELU
+        and mlp.act.approximate == "none"
+        and isinstance(mlp.norm, torch.nn.Identity)
+        and not mlp.training
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def _mlp(mlp: Any, x: torch.Tensor) -> torch.Tensor:
+    """A block's MLP on (T, D) tokens: ``fc2(GELU(fc1(x)))`` (dropout off in eval)."""
+    if _fused_gelu_mlp(mlp, x):
+        hidden = torch.ops.mkldnn._linear_pointwise(
+            x, mlp.fc1.weight, mlp.fc1.bias, "gelu", [], "none"
+        )  # (T, hidden): fc1 with the exact (erf) GELU fused
+        return mlp.fc2(hidden)
+    return mlp(x)
+
+
+def forward_packed(model: Any, images: torch.Tensor, keep_mask: torch.Tensor) -> torch.Tensor:
+    """Eq. 1 on each image's kept tokens, packed: no padding and no key mask.
+
+    The images' tokens are laid end to end in ascending order of patch count;
+    LayerNorm, the qkv/proj/MLP multiplies and the residuals run once over all
+    of them, the attention once per run of images with the same count (one
+    batched kernel call each, no mask). No padded token is ever computed, which
+    is what makes a mixed-length batch as fast as an equal-length one.
+
+    Args:
+        images: (B, C, H, W) normalised input (any float dtype; cast to the model's).
+        keep_mask: (B, N) bool, at least one True per row.
+
+    Returns:
+        (B, num_classes) logits in the model's dtype, rows in the input order.
+    """
+    npre = model.num_prefix_tokens
+    counts = keep_mask.sum(1)  # (B,)
+    order = counts.argsort(stable=True)
+    runs = _runs(counts[order].tolist())  # the one host sync
+    x, prefix_rows = _packed_tokens(model, images, keep_mask, order, npre)
+    x = model.norm_pre(x)
+    lengths = [(g, c + npre) for g, c in runs]
+    for block in model.blocks:
+        x = _packed_block(block, x, lengths)
+    prefix = model.norm(x[prefix_rows.flatten()].view(len(order), npre, -1))  # (B, P, D)
+    logits = model.forward_head(prefix)
+    out = torch.empty_like(logits)
+    out[order] = logits
+    return out

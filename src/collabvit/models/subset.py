@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..errors import ModelError
-from . import _vit
+from . import _vit, precision
 from .loading import LoadedModel
 
 __all__ = ["forward_kept", "forward_subset", "plan_buckets"]
@@ -59,10 +59,12 @@ def forward_subset(
     """Server logits from only the kept patches of each image (eq. 1 on the kept tokens).
 
     Only the kept patches are embedded; each keeps its own position embedding
-    and the prefix tokens keep theirs. Images with different patch counts run
-    in length buckets (see :func:`plan_buckets`); within a bucket shorter
-    sequences are padded and the padding is masked out of every attention.
+    and the prefix tokens keep theirs. The images run in buckets of similar
+    length (see :func:`plan_buckets`; they bound the tokens of one forward),
+    each bucket packed without padding (:func:`~collabvit.models._vit.forward_packed`).
     The logits equal those of running each image alone (up to float rounding).
+    The model computes in its own dtype (:func:`~.precision.apply_precision`);
+    the inputs are cast to it and the logits come back in float32.
 
     Args:
         loaded: the server model.
@@ -78,8 +80,12 @@ def forward_subset(
         raise ModelError(f"keep_mask has {n} patches but {loaded.name} takes {loaded.num_patches}")
     counts = keep_mask.sum(1).tolist()
     out = torch.empty(b, loaded.num_classes, device=images.device)
-    for bucket in plan_buckets(counts, max_batch, max_padding):
-        out[bucket] = forward_kept(model, images[bucket], keep_mask[bucket]).float()
+    with precision.matmul_scope(loaded):
+        for bucket in plan_buckets(counts, max_batch, max_padding):
+            if len(bucket) == b:  # one bucket: no copy of the images
+                out[:] = _vit.forward_packed(model, images, keep_mask).float()
+            else:
+                out[bucket] = _vit.forward_packed(model, images[bucket], keep_mask[bucket]).float()
     return out
 
 
