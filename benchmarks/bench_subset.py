@@ -1,10 +1,13 @@
-"""Item 1: the server's batched subset forward vs the authors' one image at a time.
+"""Item 1: the server's batched subset forward vs the authors' one image at a time; precision.
 
 Both sides run :func:`collabvit.models.forward_subset` on the same images and
 keep masks (patch counts spread like attention-sum at delta_sum 0.97: mean
-~147 of 196, sd ~25): once as one batched call (length buckets + key mask),
-once image by image, as the authors' server does for the threshold rules.
-The same measurement also times every image at all 196 patches, for item 2.
+~149 of 196 over 64 images, sd ~25): once as one batched call (packed tokens,
+no padding), once image by image, as the authors' server does for the
+threshold rules. The same measurement also times every image at all 196
+patches, for item 2.
+
+The item's second row, ``precision``, is :mod:`.bench_precision`.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ from .common import (
 
 __all__ = ["GOAL", "run", "server_forward_timings"]
 
-GOAL = 2.0
+GOAL = 1.0  # on a CPU: batched no slower than one image at a time
+CUDA_GOAL = 2.0
 SERVER_SEED = 1
 PROFILE_IMAGES = 8
 MATMUL_OPS = {"aten::addmm", "aten::mm", "aten::bmm", "aten::baddbmm"}
@@ -155,7 +159,7 @@ def _loop_ratio(t: Timings, scale: float, clock: str | None = None) -> float:
     return ratio_of_medians(t, "one_at_a_time", "batched", clock) * scale
 
 
-def run(ctx: Context) -> list[Result]:
+def _subset_row(ctx: Context) -> Result:
     ratios: list[float] = []
     details: dict[str, Any] = {}
     notes = [
@@ -194,7 +198,8 @@ def run(ctx: Context) -> list[Result]:
             )
     worst = min(ratios)
     first = next(iter(details.values()))
-    if worst < GOAL and ctx.device.type == "cpu":
+    goal = GOAL if ctx.device.type == "cpu" else CUDA_GOAL
+    if worst < goal and ctx.device.type == "cpu":
         case = ctx.sizes.server_cases[0]
         prof = _profile_case(ctx, case)
         details["profile"] = {case.model: prof}
@@ -207,24 +212,32 @@ def run(ctx: Context) -> list[Result]:
             "sides do the same multiplies; on a CPU core one ~150-token image is already a "
             "large enough GEMM, so batching can only win GEMM efficiency and per-call "
             "overhead. The 2x of batching is a GPU effect (kernel launches, occupancy); "
-            "`--device cuda` measures it there."
+            f"`--device cuda` measures it there (goal >= {CUDA_GOAL:g}x)."
         )
     measured = ", ".join(
         f"{short_name(c.model)} {details[c.model]['ratio']:.2f}x" for c in ctx.sizes.server_cases
     )
-    return [
-        Result(
-            name="subset",
-            figure="Server subset forward: one batched call vs one image at a time "
-            f"({', '.join(short_name(c.model) for c in ctx.sizes.server_cases)}; "
-            f"{first['images']} images, mean {first['mean_patches']:.0f} of {first['num_patches']}"
-            " patches)",
-            measured=measured,
-            goal=f">= {GOAL:g}x on the CPU",
-            met=worst >= GOAL,
-            command=ctx.command("subset"),
-            ratio=worst,
-            details=details,
-            notes=notes,
-        )
-    ]
+    notes.append(
+        f"Goal restated (issue 11): on a CPU batching is to be no slower than one image at a "
+        f"time (>= {GOAL:g}x); the >= {CUDA_GOAL:g}x goal is kept for `--device cuda`."
+    )
+    return Result(
+        name="subset",
+        figure="Server subset forward: one batched call vs one image at a time "
+        f"({', '.join(short_name(c.model) for c in ctx.sizes.server_cases)}; "
+        f"{first['images']} images, mean {first['mean_patches']:.0f} of {first['num_patches']}"
+        " patches)",
+        measured=measured,
+        goal=f">= {GOAL:g}x on the CPU" if ctx.device.type == "cpu" else f">= {goal:g}x",
+        met=worst >= goal,
+        command=ctx.command("subset"),
+        ratio=worst,
+        details=details,
+        notes=notes,
+    )
+
+
+def run(ctx: Context) -> list[Result]:
+    from .bench_precision import precision_row
+
+    return [_subset_row(ctx), precision_row(ctx)]
