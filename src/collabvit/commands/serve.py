@@ -275,6 +275,7 @@ def _run_ray(args: argparse.Namespace, config: Any) -> int:
     import functools
 
     from ..cli import load_role
+    from ..models.devices import resolve_device
 
     try:
         from ..server.ray_app import RayOptions
@@ -298,7 +299,10 @@ def _run_ray(args: argparse.Namespace, config: Any) -> int:
     )
     model_args = argparse.Namespace(**{k: getattr(args, k) for k in MODEL_KEYS if hasattr(args, k)})
     loader = functools.partial(load_role, model_args, "server")
-    loader()  # a bad model is one line here, before Ray starts (replicas load it again)
+    # a bad model or device is one line here, before Ray starts (the replicas load it
+    # again); the driver's copy stays on the CPU and is dropped
+    resolve_device(args.device)
+    load_role(argparse.Namespace(**{**vars(model_args), "device": "cpu"}), "server")
     http = {"host": args.host, "port": args.port}
     if args.ssl_certfile:
         http |= {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}
