@@ -46,6 +46,7 @@ ITEMS = {
     "tokens": "bench_tokens",
     "edge": "bench_edge",
     "sweep": "bench_sweep",
+    "loader": "bench_loader",
     "serve": "bench_serve",
     "bytes": "bench_bytes",
     "onnx": "bench_onnx",

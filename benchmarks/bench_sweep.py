@@ -1,4 +1,5 @@
-"""Item 4: the paper's 70-point grid in one sweep vs 70 single-point evaluations.
+"""Item 4: the paper's 70-point grid in one sweep vs 70 single-point evaluations; and the
+sweep's CPU per image outside the model forwards (issue 11).
 
 The grid is Table II x Table III: attention-sum ``delta_sum`` in
 {0.87, 0.90, 0.92..0.99} (10 values) x min-entropy ``eta`` in
@@ -8,6 +9,20 @@ One side is one :func:`collabvit.sweep.run_sweep` (nothing written to disk: the
 cache in memory, no figures); the other is :func:`collabvit.engine.evaluate` once per
 point. When fewer than 70 evaluate runs are timed, they are spread over the
 grid and their mean time is multiplied by 70.
+
+The goal is relative to a ceiling measured in the same run: the sweep must
+run one server pass per distinct selection (one per delta_sum, plus the whole
+images), so even if everything else were free it could be at most
+``70 x evaluate / sweep's server-forward time`` faster. The row is met at
+>= 90 % of that ceiling.
+
+Row ``sweep-cpu``: :func:`collabvit.sweep.run_sweep` on the whole paper grid
+(:meth:`SweepGrid.paper`, every series and the Fig. 14 encoder pass), with the
+CPU time inside the model forwards (``forward_with_scores``,
+``forward_subset``) taken out: what decoding, normalising, selection, wire
+sizes, caching and bookkeeping cost per image, without and with the
+whole-image byte baselines (``baseline_bytes``). The models' one-time weight
+hashing (the cache fingerprint) is reported apart.
 """
 
 from __future__ import annotations
@@ -25,7 +40,9 @@ from .common import Context, Result, median, short_name
 
 __all__ = ["GOAL", "grid_points", "run"]
 
-GOAL = 10.0
+GOAL = 0.9  # of the ceiling the distinct server passes allow
+CPU_GOAL_MS = 12.0
+CPU_IMAGES = {"full": 48, "quick": 8}  # any other preset (the smoke run): 3
 EDGE_SEED = 0
 SERVER_SEED = 1
 DELTA_SUMS = (0.87, 0.90, 0.92, 0.93, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99)
@@ -92,7 +109,7 @@ def _not_available(ctx: Context, why: str) -> list[Result]:
             name="sweep",
             figure="Sweep vs single points: the paper's 70-point grid",
             measured="not available",
-            goal=f">= {GOAL:g}x faster",
+            goal=f">= {100 * GOAL:.0f} % of the ceiling the distinct server passes allow",
             met=None,
             command=ctx.command("sweep"),
             status="not available",
@@ -258,12 +275,86 @@ def run(ctx: Context) -> list[Result]:
             figure=f"Sweep vs single points: the paper's 70-point grid through `run_sweep` vs "
             f"70 `evaluate` runs ({short_name(sizes.sweep_edge)} / "
             f"{short_name(sizes.sweep_server)}, {len(samples)} photos)",
-            measured=f"{ratio:.2f}x",
-            goal=f">= {GOAL:g}x faster",
-            met=ratio >= GOAL,
+            measured=f"{ratio:.2f}x of a {bound:.2f}x ceiling ({100 * ratio / bound:.0f} %)",
+            goal=f">= {100 * GOAL:.0f} % of the ceiling the distinct server passes allow",
+            met=ratio >= GOAL * bound,
             command=ctx.command("sweep"),
             ratio=ratio,
             details=details,
             notes=notes,
-        )
+        ),
+        _cpu_outside_forwards(ctx, edge, server, watch, targets),
     ]
+
+
+def _cpu_outside_forwards(
+    ctx: Context, edge: Any, server: Any, watch: _Stopwatch, targets: list[Any]
+) -> Result:
+    """CPU ms per image of the paper grid's sweep outside the model forwards."""
+    import torch
+
+    from collabvit import sweep as sweep_mod
+    from collabvit.sweep import run as run_mod
+
+    n = CPU_IMAGES.get(ctx.sizes.label, 3)
+    data = ctx.data_dir
+    samples, _ = discover(data / "images", data / "labels.csv", limit=n)
+    grid = sweep_mod.SweepGrid.paper()
+    setup = [
+        *targets,
+        (run_mod, "cache_identity", "setup"),
+        # once per grid, not per image: the grid's values from the data, every row
+        (run_mod, "resolve_points", "per_grid"),
+        (run_mod, "_result", "per_grid"),
+    ]
+    out: dict[str, dict[str, float]] = {}
+    stats: dict[str, Any] = {}
+    with torch.inference_mode():
+        for case, baseline in (("no_baseline_bytes", False), ("baseline_bytes", True)):
+            watch.take()
+            c0 = time.process_time()
+            with watch.patch(setup):
+                res = sweep_mod.run_sweep(
+                    edge, server, samples, grid, batch_size=ctx.sizes.sweep_batch,
+                    codec="raw", workers=0, baseline_bytes=baseline,
+                )  # fmt: skip
+            total = time.process_time() - c0
+            parts = watch.take()
+            forwards = parts.get("server", 0.0) + parts.get("edge", 0.0)
+            fixed = parts.get("setup", 0.0) + parts.get("per_grid", 0.0)
+            outside = total - forwards - fixed
+            out[case] = {
+                "cpu_s": round(total, 2),
+                "forwards_s": round(forwards, 2),
+                "setup_s": round(parts.get("setup", 0.0), 3),
+                "per_grid_s": round(parts.get("per_grid", 0.0), 3),
+                "outside_ms_per_image": round(1000 * outside / len(samples), 2),
+                "outside_ms_per_image_with_fixed": round(1000 * (outside + fixed) / n, 2),
+            }
+            stats[case] = vars(res.stats)
+            ctx.log(f"  paper grid, {case}: {out[case]}")
+    ms = out["no_baseline_bytes"]["outside_ms_per_image"]
+    per_image = stats["no_baseline_bytes"]["distinct_selections"] / len(samples)
+    return Result(
+        name="sweep-cpu",
+        figure=f"Sweep CPU per image outside the model forwards: the paper grid "
+        f"({short_name(ctx.sizes.sweep_edge)} / {short_name(ctx.sizes.sweep_server)}, "
+        f"{len(samples)} photos, {per_image:.0f} distinct selections per image)",
+        measured=f"{ms:.1f} ms/image ({out['baseline_bytes']['outside_ms_per_image']:.1f} "
+        "with --baseline-bytes)",
+        goal=f"<= {CPU_GOAL_MS:g} ms/image without byte baselines",
+        met=ms <= CPU_GOAL_MS,
+        command=ctx.command("sweep"),
+        ratio=ms,
+        details={"images": len(samples), "cases": out, "sweep_stats": stats},
+        notes=[
+            "CPU time of run_sweep (one process, workers=0, so decoding is counted) minus the "
+            "time inside forward_with_scores and forward_subset, minus what is paid once per "
+            "run whatever the images (setup_s: the weights' hash of the cache fingerprint; "
+            "per_grid_s: resolving the grid and summarising its ~170 rows), per image; "
+            "outside_ms_per_image_with_fixed keeps them in (it falls with the images).",
+            "Before issue 11 the same grid cost about 55 ms/image: every image read twice, a "
+            "whole-image PNG (optimize=True) and JPEG q90 always measured, wire.encode per "
+            "selection, each server batch normalised from uint8 again.",
+        ],
+    )

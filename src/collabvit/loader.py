@@ -37,6 +37,7 @@ from .data import Batch, Preprocessing, Sample, load_image, preprocess
 from .errors import ConfigError, WireError
 
 __all__ = [
+    "BLOCK",
     "FILE_SIZES",
     "MAX_AUTO_WORKERS",
     "Block",
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 
 FILE_SIZES = (("jpeg_q90", "jpeg"), ("png", "png"))  # whole-crop uploads: name, Pillow format
 MAX_AUTO_WORKERS = 8
+BLOCK = 16  # images per loader item: small enough to keep every worker busy
 
 
 def default_workers() -> int:
@@ -276,7 +278,7 @@ def iter_batches(
 ) -> Iterator[Batch]:
     """:func:`collabvit.data.iter_batches` through the loader: the same batches, decoded by
     ``workers`` processes (pinned memory with ``pin``). Unreadable files go to ``skipped``."""
-    stream = ImageStream(samples, prep, block=batch_size, workers=workers, pin=pin)
+    stream = ImageStream(samples, prep, block=min(batch_size, BLOCK), workers=workers, pin=pin)
     try:
         while (got := next_batch(stream, batch_size)) is not None:
             if skipped is not None:

@@ -114,10 +114,10 @@ def _run_batch(ctx: SweepContext, todo: _Todo, batch: LoadedBatch, parts: _Parts
     n = len(batch.positions)
     if todo.edge or todo.server:
         pixels = batch.pixels.to(ctx.edge.device, non_blocking=True)
+    normed = None
     if todo.edge:
-        logits, sc = forward_with_scores(
-            ctx.edge, ctx.edge.normalise(pixels), ctx.grid.edge_scores()
-        )
+        normed = ctx.edge.normalise(pixels)
+        logits, sc = forward_with_scores(ctx.edge, normed, ctx.grid.edge_scores())
         ctx.stats.edge_images += n
         parts.preds.append(logits.argmax(-1).cpu().numpy().astype(np.int64))
         for m in gate_measures():
@@ -125,13 +125,20 @@ def _run_batch(ctx: SweepContext, todo: _Todo, batch: LoadedBatch, parts: _Parts
         for s in ctx.grid.edge_scores():
             parts.scores.setdefault(s, []).append(sc[s].cpu().numpy().astype(np.float32))
     if todo.server:
-        spx = ctx.server.normalise(pixels.to(ctx.server.device, non_blocking=True))
+        same = _same_input(ctx.edge, ctx.server)  # the edge's input is the server's: reuse it
+        spx = normed if normed is not None and same else ctx.server.normalise(pixels)
+        spx = spx.to(ctx.server.device, non_blocking=True)
         _, ssc = forward_with_scores(ctx.server, spx, ("mean",))
         ctx.stats.server_encoder_images += n
         parts.server_scores.append(ssc["mean"].cpu().numpy().astype(np.float32))
     if todo.sizes:  # measured by the loader's workers (FILE_SIZES order)
         for j, (name, _) in enumerate(FULL_IMAGE_FILES):
             parts.sizes.setdefault(name, []).extend(int(sz[j]) for sz in batch.sizes)
+
+
+def _same_input(edge: Any, server: Any) -> bool:
+    a, b = edge.preprocessing, server.preprocessing
+    return bool((a.mean, a.std) == (b.mean, b.std))
 
 
 def _cat(parts: list[npt.NDArray[Any]], dtype: Any, width: int | None = None) -> npt.NDArray[Any]:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..loader import ImageStream
+from ..loader import BLOCK, ImageStream
 from .context import SweepContext
 
 __all__ = ["DEFAULT_MEMORY_BYTES", "PixelStore", "stream_at"]
@@ -101,7 +101,7 @@ def stream_at(ctx: SweepContext, start: int, file_sizes: bool) -> ImageStream:
     stream = ImageStream(
         ctx.samples,
         ctx.edge.preprocessing,
-        block=ctx.batch_size,
+        block=min(ctx.batch_size, BLOCK),
         workers=ctx.workers,
         start=start,
         pin=ctx.edge.device.type == "cuda",
