@@ -104,6 +104,7 @@ def test_demo_sweep_calibrate_visualize_export_check_their_outputs(
     export = ["export", pair[0], pair[1]]
     _fails(capsys, [*export, "--out", str(tmp_path)], "is a folder")
     _fails(capsys, [*export, "--out", missing], "does not exist")
+    _fails(capsys, ["train", "fmnist-tiny", "--out", str(a_file)], "is not a folder")
     assert not (tmp_path / "s").exists()  # the sweep wrote nothing
 
 
