@@ -495,7 +495,8 @@ def write_report(
     """Write ``out_md`` and the JSON next to it; with ``merge`` keep rows not rerun."""
     out_json = out_md.with_suffix(".json")
     rows = asdict_rows(results)
-    order = ["subset", "precision", "tokens", "edge", "sweep", "serve", "serve-paper", "bytes"]
+    order = ["subset", "precision", "tokens", "edge", "sweep", "sweep-cpu", "loader"]
+    order += ["serve", "serve-paper", "bytes"]
     old_runs: list[dict[str, Any]] = []
     if merge and out_json.is_file():
         try:
