@@ -97,6 +97,11 @@ def test_weights_are_cast_once_and_outputs_stay_float32(name: str) -> None:
     # a mixed-length batch gives each image's own logits (packed, no padding)
     alone = torch.cat([forward_subset(server, x[i : i + 1], keep[i : i + 1]) for i in range(6)])
     torch.testing.assert_close(out, alone, rtol=0, atol=0.05)
+    # the padded, key-masked form (a GPU's path, and training's) casts its input alike
+    with torch.no_grad():
+        masked = forward_kept(server.model, x, keep)
+    assert masked.dtype == dtype
+    torch.testing.assert_close(masked.float(), out, rtol=0, atol=0.05)
     logits, scores = forward_with_scores(edge, x, ("mean", "rollout"))
     ref_logits, ref_scores = forward_with_scores(ref_edge, x, ("mean", "rollout"))
     assert logits.dtype == torch.float32

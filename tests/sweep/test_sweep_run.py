@@ -87,13 +87,17 @@ def _between(values: np.ndarray, q: float) -> float:
 
 @contextmanager
 def _count_calls(model: LoadedModel) -> Iterator[list[int]]:
-    """Images through the model, counted by a hook on its first block."""
+    """Images through the model, counted by a hook on its final norm (once per image).
+
+    Not on a block: the packed subset forward runs a block's layers over all
+    images' tokens at once, (T, D), without calling the block module.
+    """
     seen = [0]
 
     def hook(_m: torch.nn.Module, inputs: tuple[torch.Tensor, ...], _out: object) -> None:
         seen[0] += int(inputs[0].shape[0])
 
-    handle = model.model.blocks[0].register_forward_hook(hook)
+    handle = model.model.norm.register_forward_hook(hook)
     try:
         yield seen
     finally:

@@ -176,7 +176,7 @@ def embed_patches(model: Any, images: torch.Tensor, patch_index: torch.Tensor) -
     patches = images.unfold(2, p, p).unfold(3, p, p)  # (B, C, gh, gw, p, p)
     patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c * p * p)  # (B, N, C*p*p)
     idx = patch_index.unsqueeze(-1).expand(-1, -1, patches.shape[-1])
-    kept = torch.gather(patches, 1, idx)  # (B, K, C*p*p)
+    kept = torch.gather(patches, 1, idx).to(proj.weight.dtype)  # (B, K, C*p*p)
     tokens = F.linear(kept, proj.weight.reshape(proj.out_channels, -1), proj.bias)  # (B, K, D)
     tokens = model.patch_embed.norm(tokens)
     return tokens + _patch_pos_embed(model)[patch_index]
@@ -228,12 +228,13 @@ def _runs(counts: list[int]) -> list[tuple[int, int]]:
 
 
 def _packed_tokens(
-    model: Any, images: torch.Tensor, keep_mask: torch.Tensor, order: torch.Tensor, npre: int
+    model: Any, images: torch.Tensor, keep_mask: torch.Tensor, order: torch.Tensor, total: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image's prefix and kept patch tokens one after the other (eq. 1 embedding).
 
     Args:
-        images: (B, C, H, W); keep_mask: (B, N) bool; order: (B,) images by ascending count.
+        images: (B, C, H, W); keep_mask: (B, N) bool; order: (B,) images by ascending count;
+        total: T, the number of tokens.
 
     Returns:
         x: (T, D) tokens in the model's dtype, T = sum over images of (npre + count);
@@ -249,10 +250,10 @@ def _packed_tokens(
     kept = patches[order[image], patch].to(weight.dtype)  # (K, C*p*p): kept patches only
     tokens = model.patch_embed.norm(F.linear(kept, weight, proj.bias))
     tokens = tokens + _patch_pos_embed(model)[patch]  # (K, D)
+    npre = model.num_prefix_tokens
     lengths = keep_mask[order].sum(1) + npre  # (B,)
     starts = lengths.cumsum(0) - lengths
     prefix_rows = starts[:, None] + torch.arange(npre, device=starts.device)  # (B, P)
-    total = int(lengths.sum())
     is_patch = torch.ones(total, dtype=torch.bool, device=tokens.device)
     is_patch[prefix_rows.flatten()] = False
     x = tokens.new_empty(total, tokens.shape[-1])
@@ -338,7 +339,8 @@ def forward_packed(model: Any, images: torch.Tensor, keep_mask: torch.Tensor) ->
     counts = keep_mask.sum(1)  # (B,)
     order = counts.argsort(stable=True)
     runs = _runs(counts[order].tolist())  # the one host sync
-    x, prefix_rows = _packed_tokens(model, images, keep_mask, order, npre)
+    total = sum(g * (c + npre) for g, c in runs)
+    x, prefix_rows = _packed_tokens(model, images, keep_mask, order, total)
     x = model.norm_pre(x)
     lengths = [(g, c + npre) for g, c in runs]
     for block in model.blocks:

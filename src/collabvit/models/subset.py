@@ -2,8 +2,12 @@
 
 :func:`forward_subset` embeds just the kept patches, each with its own position
 embedding, and runs a batch of images with different patch counts in length
-buckets, padding inside a bucket with a key mask. Its cost falls with the
-tokens, as eq. 9 counts.
+buckets. On a CPU a bucket's images are packed end to end
+(:func:`collabvit.models._vit.forward_packed`): no padded token is computed
+and no key mask is needed, so the cost falls with the real tokens, as eq. 9
+counts, in any precision (:mod:`.precision`). On a GPU, and in
+:func:`forward_kept` (the differentiable form training uses), a bucket is
+padded to its longest image with a key mask.
 """
 
 from __future__ import annotations
@@ -60,8 +64,11 @@ def forward_subset(
 
     Only the kept patches are embedded; each keeps its own position embedding
     and the prefix tokens keep theirs. The images run in buckets of similar
-    length (see :func:`plan_buckets`; they bound the tokens of one forward),
-    each bucket packed without padding (:func:`~collabvit.models._vit.forward_packed`).
+    length (see :func:`plan_buckets`; they bound the tokens of one forward).
+    On a CPU each bucket is packed without padding
+    (:func:`~collabvit.models._vit.forward_packed`); on a GPU it is padded to
+    its longest image with the padding masked out of attention
+    (:func:`forward_kept`).
     The logits equal those of running each image alone (up to float rounding).
     The model computes in its own dtype (:func:`~.precision.apply_precision`);
     the inputs are cast to it and the logits come back in float32.
@@ -79,13 +86,16 @@ def forward_subset(
     if n != loaded.num_patches:
         raise ModelError(f"keep_mask has {n} patches but {loaded.name} takes {loaded.num_patches}")
     counts = keep_mask.sum(1).tolist()
+    # NOTE: a GPU pays a kernel launch per run of equal lengths in the packed
+    # forward; there the padded, key-masked bucket (one fused attention call) is kept.
+    run = _vit.forward_packed if images.device.type == "cpu" else forward_kept
     out = torch.empty(b, loaded.num_classes, device=images.device)
     with precision.matmul_scope(loaded):
         for bucket in plan_buckets(counts, max_batch, max_padding):
             if len(bucket) == b:  # one bucket: no copy of the images
-                out[:] = _vit.forward_packed(model, images, keep_mask).float()
+                out[:] = run(model, images, keep_mask).float()
             else:
-                out[bucket] = _vit.forward_packed(model, images[bucket], keep_mask[bucket]).float()
+                out[bucket] = run(model, images[bucket], keep_mask[bucket]).float()
     return out
 
 
