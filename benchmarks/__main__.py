@@ -50,6 +50,7 @@ ITEMS = {
     "serve": "bench_serve",
     "bytes": "bench_bytes",
     "onnx": "bench_onnx",
+    "ray": "bench_ray",
 }
 
 

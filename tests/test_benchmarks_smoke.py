@@ -88,6 +88,11 @@ def test_harness_writes_the_report(
     import benchmarks.load
 
     monkeypatch.setattr(benchmarks.load, "run_load", _fake_run_load)  # no server process
+    import benchmarks.bench_ray  # its three server processes (Ray starts in minutes): faked
+
+    phase = {"requests": 10, "errors": {}, "requests_per_s": 4.0, "p50_ms": 1.0}
+    fake = {"uvicorn-1": phase, "ray-1": dict(phase, requests_per_s=3.0), "ray-2": phase}
+    monkeypatch.setattr(benchmarks.bench_ray, "_measure", lambda *_args: fake)
     out = tmp_path / "benchmarks.md"
     edge, server = small_pair
     argv = ["--out", str(out), "--data", str(imagenet_dir), "--quiet"]
@@ -101,6 +106,7 @@ def test_harness_writes_the_report(
         *("subset", "tokens", "edge", "sweep", "sweep-cpu", "loader", "serve", "serve-paper"),
         "bytes",
         *("onnx-import", "onnx-rss", "onnx-latency"),
+        *("ray", "ray-engine-cost"),
     ]
     for r in report["results"]:
         assert set(r) >= RESULT_KEYS, r["name"]

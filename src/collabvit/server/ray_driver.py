@@ -28,6 +28,7 @@ __all__ = ["serve_forever"]
 logger = logging.getLogger(__name__)
 
 OBJECT_STORE_BYTES = 128 * 1024 * 1024
+START_ATTEMPTS = 3
 
 
 def _free_port() -> int:
@@ -43,18 +44,29 @@ def _start_ray(options: RayOptions) -> str | None:
     if options.address is not None:
         ray.init(address=options.address, namespace=APP_NAME, configure_logging=False)
         return None
-    port = options.metrics_port or _free_port()
     cpus = max(os.cpu_count() or 1, math.ceil(options.max_replicas * options.replica_cpus))
-    ray.init(
-        address="local",
-        num_cpus=cpus,
-        include_dashboard=False,
-        object_store_memory=OBJECT_STORE_BYTES,
-        namespace=APP_NAME,
-        configure_logging=False,
-        _node_ip_address="127.0.0.1",
-        _metrics_export_port=port,
-    )
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = options.metrics_port or _free_port()
+        try:
+            ray.init(
+                address="local",
+                num_cpus=cpus,
+                include_dashboard=False,
+                object_store_memory=OBJECT_STORE_BYTES,
+                namespace=APP_NAME,
+                configure_logging=False,
+                _node_ip_address="127.0.0.1",
+                _metrics_export_port=port,
+            )
+            break
+        except Exception as exc:
+            # NOTE: Ray gives its raylet a fixed 30 s to register with the GCS; on a
+            # machine busy with other work that is not always enough. The processes of a
+            # failed start are this process's children and end with it.
+            if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            logger.warning("local Ray did not start (%s): trying again", exc)
+            ray.shutdown()
     return f"http://127.0.0.1:{port}/metrics"
 
 
