@@ -27,6 +27,7 @@ __all__ = [
     "add_data_options",
     "add_model_options",
     "add_point_options",
+    "add_precision_option",
     "load_pair",
     "load_samples",
     "main",
@@ -122,6 +123,20 @@ def add_model_options(
     )
 
 
+def add_precision_option(parser: argparse.ArgumentParser) -> None:
+    """--precision (:mod:`collabvit.models.precision`): the weights' dtype, cast once."""
+    from .models.precision import PRECISION_CHOICES
+
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=PRECISION_CHOICES,
+        help="model weights in fp32 (TF32 matmuls on CUDA), bf16 or fp16, cast once after "
+        "loading; auto: bf16 where the device runs it natively; the gate, the attention "
+        "scores and the logits stay float32 (docs/precision.md)",
+    )
+
+
 def add_data_options(parser: argparse.ArgumentParser, required: bool = True) -> None:
     """--data, --labels, --class-map, --limit, --subset-seed, --batch-size."""
     group = parser.add_argument_group("data")
@@ -177,13 +192,15 @@ def load_role(args: argparse.Namespace, role: str) -> Any:
     """
     from .models import load_model
     from .models.devices import resolve_device
+    from .models.precision import apply_precision, check_precision
 
     device = resolve_device(args.device)
+    precision = check_precision(getattr(args, "precision", "fp32"), device)  # before loading
 
     name = getattr(args, role)
     checkpoint = getattr(args, f"{role}_checkpoint", None)
     random_init = args.random_init if checkpoint is None else None
-    return load_model(
+    loaded = load_model(
         name,
         checkpoint=checkpoint,
         random_init=random_init,
@@ -191,6 +208,7 @@ def load_role(args: argparse.Namespace, role: str) -> Any:
         device=device,
         ema=getattr(args, "ema", False),
     )
+    return apply_precision(loaded, precision)
 
 
 def load_pair(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..calibration import FORMAT, P_VALUES, PROCEDURES, check_risk
-from ..cli import add_data_options, add_model_options
+from ..cli import add_data_options, add_model_options, add_precision_option
 from ..errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ _UNLABELLED = (
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
+    add_precision_option(parser)
     add_data_options(parser)
     group = parser.add_argument_group("calibration")
     group.add_argument(

@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..cli import add_precision_option
 from ..errors import DataError
 from ..report.tables import describe_point
 from ..sweep.grid import ALL, Series, SweepGrid
@@ -74,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=count, default=256, metavar="B")
     parser.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N")
+    add_precision_option(parser)
     parser.add_argument("--no-figures", action="store_true", help="skip the figures")
 
 
@@ -81,14 +83,16 @@ def run(args: argparse.Namespace) -> int:
     from ..fmnist import shipped_samples
     from ..models import load_model
     from ..models.devices import resolve_device
+    from ..models.precision import apply_precision, check_precision
     from ..report import write_outputs
     from ..sweep import run_sweep
     from .sweep import sweep_progress
 
     check_outputs(files={"--json": args.json}, dirs={"--out": args.out})
     device = resolve_device(args.device)  # a missing GPU is one line, before any loading
-    edge = load_model("fmnist-tiny", device=device)
-    server = load_model("fmnist-base", device=device)
+    precision = check_precision(args.precision, device)
+    edge = apply_precision(load_model("fmnist-tiny", device=device), precision)
+    server = apply_precision(load_model("fmnist-base", device=device), precision)
     samples = shipped_samples(args.limit)
     grid = SweepGrid.paper() if args.grid == "paper" else demo_grid()
     out = Path(args.out)

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..cli import add_model_options, add_point_options
+from ..cli import add_model_options, add_point_options, add_precision_option
 from ._values import count, server_url
 from .serve import _skip_final_gc
 
@@ -62,6 +62,7 @@ def _add_runtime_options(runtime: Any) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser, roles=("edge",), defaults={"edge": ""})
+    add_precision_option(parser)
     _add_runtime_options(parser.add_argument_group("runtime"))
     add_point_options(parser)
     parser.add_argument(

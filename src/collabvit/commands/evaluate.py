@@ -13,6 +13,7 @@ from ..cli import (
     add_data_options,
     add_model_options,
     add_point_options,
+    add_precision_option,
     load_pair,
     load_samples,
     point_from_args,
@@ -27,6 +28,7 @@ HELP = "one operating point over a dataset: records CSV + summary JSON"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
+    add_precision_option(parser)
     add_data_options(parser)
     add_point_options(parser)
     parser.add_argument(

@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any
 
-from ..cli import add_model_options
+from ..cli import add_model_options, add_precision_option
 
 ENGINES = ("uvicorn", "ray")
 RAY_ONLY = (
@@ -28,7 +28,9 @@ RAY_ONLY = (
     "drain_delay",
 )
 UVICORN_ONLY = ("header_timeout", "max_connections", "access_log")
-MODEL_KEYS = ("server", "server_checkpoint", "ema", "random_init", "crop_pct", "device")
+MODEL_KEYS = (
+    "server", "server_checkpoint", "ema", "random_init", "crop_pct", "device", "precision",
+)  # fmt: skip
 log = logging.getLogger(__name__)
 
 HELP = "HTTP server for the server model (batched, /v1/infer, /healthz, /metrics)"
@@ -42,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "given on the command line win (docs/deploy.md)",
     )
     add_model_options(parser, roles=("server",), defaults={"server": ""})
+    add_precision_option(parser)
     net = parser.add_argument_group("network")
     net.add_argument("--host", default="127.0.0.1", help="address to listen on")
     net.add_argument("--port", type=int, default=8000, help="port to listen on (1..65535)")
@@ -302,7 +305,9 @@ def _run_ray(args: argparse.Namespace, config: Any) -> int:
     # a bad model or device is one line here, before Ray starts (the replicas load it
     # again); the driver's copy stays on the CPU and is dropped
     resolve_device(args.device)
-    load_role(argparse.Namespace(**{**vars(model_args), "device": "cpu"}), "server")
+    load_role(
+        argparse.Namespace(**{**vars(model_args), "device": "cpu", "precision": "fp32"}), "server"
+    )
     http = {"host": args.host, "port": args.port}
     if args.ssl_certfile:
         http |= {"ssl_certfile": args.ssl_certfile, "ssl_keyfile": args.ssl_keyfile}

@@ -23,13 +23,21 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from ..cli import add_data_options, add_model_options, load_pair, load_samples, progress_bar
+from ..cli import (
+    add_data_options,
+    add_model_options,
+    add_precision_option,
+    load_pair,
+    load_samples,
+    progress_bar,
+)
 
 HELP = "a grid of operating points in one pass: results, frontier, tables, figures"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_options(parser)
+    add_precision_option(parser)
     add_data_options(parser)
     group = parser.add_argument_group("sweep")
     group.add_argument("--out", required=True, metavar="DIR", help="output folder")
