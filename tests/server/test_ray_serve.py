@@ -187,6 +187,7 @@ def test_identity_garbage_and_token_answers(
         assert answer.headers[HEADERS[1]] == digest  # the identity rides on every answer
     assert metrics.status_code == 200
     assert 'collabvit_requests_total{endpoint="/v1/infer",outcome="bad_request"}' in metrics.text
+    assert "\nray_serve_" in metrics.text  # Ray's own metrics, from the node's metrics agent
 
 
 def _auth(token: str) -> dict[str, str]:
