@@ -19,7 +19,12 @@ def _modules() -> list[str]:
 
 
 LIBRARY_MODULES = [m for m in _modules() if not m.startswith("collabvit.commands")]
-COMMAND_MODULES = [m for m in _modules() if m.startswith("collabvit.commands.")]
+# the sub-commands; commands/_*.py are helpers they share (output checks, option types)
+COMMAND_MODULES = [
+    m
+    for m in _modules()
+    if m.startswith("collabvit.commands.") and not m.rsplit(".", 1)[1].startswith("_")
+]
 
 
 def test_package_all_matches_its_exports() -> None:
@@ -69,9 +74,12 @@ def test_every_command_module_has_the_command_interface(module_name: str) -> Non
 
 
 def test_error_tree() -> None:
-    for name in errors.__all__:
+    classes = [n for n in errors.__all__ if isinstance(getattr(errors, n), type)]
+    assert set(errors.__all__) - set(classes) == {"exit_status"}
+    for name in classes:
         cls = getattr(errors, name)
         assert issubclass(cls, errors.CollabViTError), name
+        assert cls.exit_status in (errors.USAGE, errors.RUNTIME), name
         assert cls.__doc__
     assert issubclass(errors.CheckpointError, errors.ModelError)
     assert issubclass(errors.ConfigError, ValueError)
