@@ -103,7 +103,8 @@ def test_harness_writes_the_report(
     assert {"cpu_model", "logical_cores", "torch", "intra_op_threads"} <= set(report["machine"])
     names = [r["name"] for r in report["results"]]
     assert names == [
-        *("subset", "tokens", "edge", "sweep", "sweep-cpu", "loader", "serve", "serve-paper"),
+        *("subset", "precision", "tokens", "edge", "sweep", "sweep-cpu", "loader"),
+        *("serve", "serve-paper"),
         "bytes",
         *("onnx-import", "onnx-rss", "onnx-latency"),
         *("ray", "ray-engine-cost"),
