@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from collabvit.cli import _build_parser, main
+from collabvit.cli import PRECISIONS, _build_parser, main
+from collabvit.models.precision import PRECISION_CHOICES
 
 
 def _evaluate(tmp_path: Path, precision: str) -> dict:
@@ -34,6 +35,10 @@ def test_every_model_command_takes_precision(command: str) -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     options = {o for a in sub.choices[command]._actions for o in a.option_strings}
     assert "--precision" in options
+
+
+def test_the_parser_offers_what_models_precision_takes() -> None:
+    assert PRECISIONS == PRECISION_CHOICES
 
 
 def test_a_bad_precision_is_one_usage_line(capsys: pytest.CaptureFixture[str]) -> None:

@@ -123,14 +123,17 @@ def add_model_options(
     )
 
 
+# models.precision.PRECISION_CHOICES, spelled here so that the parser imports no torch
+# (an edge install has none); tests/test_cli_precision.py checks the two agree
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+
+
 def add_precision_option(parser: argparse.ArgumentParser) -> None:
     """--precision (:mod:`collabvit.models.precision`): the weights' dtype, cast once."""
-    from .models.precision import PRECISION_CHOICES
-
     parser.add_argument(
         "--precision",
         default="fp32",
-        choices=PRECISION_CHOICES,
+        choices=PRECISIONS,
         help="model weights in fp32 (TF32 matmuls on CUDA), bf16 or fp16, cast once after "
         "loading; auto: bf16 where the device runs it natively; the gate, the attention "
         "scores and the logits stay float32 (docs/precision.md)",

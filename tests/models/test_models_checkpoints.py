@@ -214,10 +214,19 @@ def test_ema_option_reaches_load_model(monkeypatch: pytest.MonkeyPatch) -> None:
     import collabvit.models
 
     seen: dict[str, Any] = {}
-    monkeypatch.setattr(collabvit.models, "load_model", lambda name, **kw: seen.update(kw))
+
+    class Seen(Exception):
+        pass
+
+    def record(name: str, **kw: Any) -> None:
+        seen.update(kw)
+        raise Seen  # what load_model was given is all this test needs
+
+    monkeypatch.setattr(collabvit.models, "load_model", record)
     parser = argparse.ArgumentParser()
     add_model_options(parser, roles=("edge",))
     args = parser.parse_args(["--edge", HUB_ID, "--edge-checkpoint", "x.pth", "--ema"])
-    load_role(args, "edge")
+    with pytest.raises(Seen):
+        load_role(args, "edge")
     assert seen["ema"] is True and seen["checkpoint"] == "x.pth"
     assert seen["device"] == torch.device("cpu")

@@ -167,7 +167,10 @@ def apply_precision(loaded: Any, precision: str = "fp32", tf32: bool = True) -> 
     loaded.model.to(dtype=PRECISIONS[resolved])
     loaded.extra["precision"] = resolved
     loaded.extra["tf32"] = bool(tf32 and resolved == "fp32" and loaded.device.type == "cuda")
-    logger.info("%s runs in %s%s", loaded.name, resolved, " (TF32)" if loaded.extra["tf32"] else "")
+    level = logging.DEBUG if resolved == "fp32" else logging.INFO  # the default stays quiet
+    logger.log(
+        level, "%s runs in %s%s", loaded.name, resolved, " (TF32)" if loaded.extra["tf32"] else ""
+    )
     return loaded
 
 
