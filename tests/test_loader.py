@@ -66,6 +66,20 @@ def test_same_batches_as_data_iter_batches(photos: list[Sample], workers: int, b
     assert all(b.pixels.dtype == torch.uint8 and len(b.samples) == batch for b in got[:-1])
 
 
+def test_reused_worker_slots_never_change_a_batch_already_handed_out(
+    photos: list[Sample],
+) -> None:
+    # one image per block: the workers' 5 shared slots are reused four times over
+    ids, pixels, _ = _reference(photos, 3)
+    stream = ImageStream(photos, PREP, block=1, workers=2)
+    held = []
+    while (got := next_batch(stream, 3)) is not None:
+        held.append(got)
+    stream.close()
+    assert [[photos[p].index for p in b.positions] for b in held] == ids
+    assert all(torch.equal(a.pixels, b) for a, b in zip(held, pixels, strict=True))
+
+
 def test_array_samples_and_a_stream_started_midway() -> None:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
