@@ -34,6 +34,8 @@ __all__ = [
     "DEBIAN_DIR",
     "Clutter",
     "Cluttered",
+    "builtin_image",
+    "cluttered_samples",
     "cluttered_test_split",
     "load_split",
     "named_samples",
@@ -196,6 +198,10 @@ class Cluttered:
         mask[y : y + 28, x : x + 28] = split_images[src] > 0
         return mask
 
+    def object_masks(self, split_images: np.ndarray) -> np.ndarray:
+        """(N, canvas, canvas) bool: :meth:`object_mask` of every image."""
+        return np.stack([self.object_mask(i, split_images) for i in range(len(self.images))])
+
 
 def _tight_boxes(images: np.ndarray) -> np.ndarray:
     """(N, 4) ``(x0, y0, x1, y1)`` of each 28x28 image's non-zero pixels (whole image if blank)."""
@@ -279,8 +285,6 @@ def named_samples(name: str, limit: int | None = None) -> list | None:
     cluttered canvases (seed 0 by default). Names are ``t10k/00042`` /
     ``cfmnist-SEED/00042``.
     """
-    from .data import array_samples
-
     base, _, seed_text = name.partition(":")
     if Path(name).exists() or base not in ("fmnist", "cfmnist"):
         return None
@@ -289,5 +293,36 @@ def named_samples(name: str, limit: int | None = None) -> list | None:
     if base == "fmnist" or (not seed_text.isdigit() and seed_text):
         raise DataError(f"--data {name}: use fmnist, cfmnist or cfmnist:SEED (SEED >= 0)")
     seed = int(seed_text or 0)
-    data = cluttered_test_split(seed, limit)
+    return cluttered_samples(cluttered_test_split(seed, limit), seed)
+
+
+def cluttered_samples(data: Cluttered, seed: int) -> list:
+    """:func:`collabvit.data.array_samples` of cluttered canvases, named ``cfmnist-SEED/00042``."""
+    from .data import array_samples
+
     return array_samples(data.images, data.labels, prefix=f"cfmnist-{seed}/")
+
+
+def builtin_image(name: str) -> tuple[np.ndarray, int, tuple[int, int, int, int] | None] | None:
+    """A shipped test image by the name :func:`named_samples` gives it, or None if not one.
+
+    ``t10k/00042``: (28x28 pixels, label, None); ``cfmnist-SEED/00042``: (the
+    canvas, label, the garment's box ``(x0, y0, x1, y1)``).
+    """
+    folder, _, number = name.partition("/")
+    if not number.isdigit() or not (folder == "t10k" or folder.startswith("cfmnist-")):
+        return None
+    seed_text = folder.removeprefix("cfmnist-")
+    if folder != "t10k" and not seed_text.isdigit():
+        return None
+    images, labels = shipped_test_split()
+    i = int(number)
+    if i >= len(images):
+        raise DataError(
+            f"{name}: the test split has {len(images):,} images (00000-{len(images) - 1})"
+        )
+    if folder == "t10k":
+        return images[i], int(labels[i]), None
+    one = render_cluttered(images, labels, [i], int(seed_text))
+    x0, y0, x1, y1 = (int(v) for v in one.boxes[0])
+    return one.images[0], int(one.labels[0]), (x0, y0, x1, y1)

@@ -30,6 +30,7 @@ __all__ = [
     "accuracy_interval",
     "cheapest_within",
     "make_record",
+    "object_coverage",
     "pareto_frontier",
     "summarise",
     "summarise_records",
@@ -273,6 +274,27 @@ def cheapest_within(
         }
     )
     return best
+
+
+def object_coverage(keep: Any, object_masks: Any, patch_size: int) -> npt.NDArray[np.float64]:
+    """Share of each image's object pixels that lie in its kept patches (NaN: no object).
+
+    ``keep`` (B, N) bool over row-major ``patch_size`` patches of ``object_masks``
+    (B, H, W) bool: whether the patches the edge sends hold the object, the
+    paper's claim about Fig. 3 measured on images whose object is known.
+    """
+    k = np.asarray(keep, dtype=bool)
+    masks = np.asarray(object_masks, dtype=bool)
+    b, h, w = masks.shape
+    p = patch_size
+    if h % p or w % p or k.shape != (b, (h // p) * (w // p)):
+        raise ValueError(f"keep {k.shape} does not match {b} masks of {h}x{w} in {p}-px patches")
+    per_patch = masks.reshape(b, h // p, p, w // p, p).sum(axis=(2, 4)).reshape(b, -1)
+    total = per_patch.sum(axis=1).astype(np.float64)
+    covered = (per_patch * k).sum(axis=1).astype(np.float64)
+    out = np.full(b, np.nan)
+    np.divide(covered, total, out=out, where=total > 0)
+    return out
 
 
 def make_record(

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from .attention import get_score
 from .data import load_image, preprocess
@@ -154,6 +155,8 @@ def visualize_image(
     label: int | None = None,
     compare_server: bool = False,
     image_id: int = 0,
+    image: Image.Image | None = None,
+    box: tuple[int, int, int, int] | None = None,
 ) -> Path:
     """Run the edge (and server) on one image file and draw its panel.
 
@@ -169,13 +172,22 @@ def visualize_image(
         compare_server: also draw the server's own attention map and the same
             number of patches chosen by it (Figs. 5-6).
         image_id: the image's id for the seeded ``random`` rule.
+        image: the image itself (``path`` then only names it), e.g. a built-in test image.
+        box: the object's box ``(x0, y0, x1, y1)`` in ``image`` pixels, drawn on every
+            panel (scaled to the model's input).
     """
     point = point or OperatingPoint()
     prep = edge.preprocessing
-    image = load_image(Path(path), prep.channels)
     if image is None:
-        raise DataError(f"{path} is not a readable image")
+        image = load_image(Path(path), prep.channels)
+        if image is None:
+            raise DataError(f"{path} is not a readable image")
+    elif image.mode != ("RGB" if prep.channels == 3 else "L"):
+        image = image.convert("RGB" if prep.channels == 3 else "L")
     pixels = preprocess(image, prep)  # (C, H, W) uint8
+    if box is not None:
+        sx, sy = pixels.shape[2] / image.width, pixels.shape[1] / image.height
+        box = (round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy))
     names = list(class_names) if class_names else edge.class_names
     x = pixels[None].to(edge.device)
     logits, scores = forward_with_scores(edge, edge.normalise(x), (point.score,))
@@ -211,6 +223,7 @@ def visualize_image(
         server_scores=server_scores,
         server_keep_mask=server_keep,
         score_name=score_label,
+        box=box,
     )
 
 

@@ -6,13 +6,18 @@ edge's prediction and gate decision, and, with --server, the server's
 prediction on the kept patches and on the full image. --compare-server adds
 the server's own attention map and the same number of patches chosen by it
 (Figs. 5-6). Class names come from the model (ImageNet names for timm models)
-or --classes. Writes OUT/<image name>.png.
+or --classes. An IMAGE that is not a file may name a shipped test image as
+the sweep names it: ``t10k/00042`` or ``cfmnist-0/00042`` (a cluttered canvas;
+the garment's box is drawn on every panel). Writes OUT/<image name>.png.
 """
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from PIL import Image
 
 from ..cli import add_model_options, add_point_options, load_role, point_from_args
 from ._outputs import check_output_dir
@@ -21,7 +26,12 @@ HELP = "per-image panels: attention heat-map, selected patches, predictions"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    parser.add_argument(
+        "images",
+        nargs="+",
+        metavar="IMAGE",
+        help="image files, or shipped test images: t10k/00042, cfmnist-0/00042",
+    )
     add_model_options(parser, roles=("edge",))
     group = parser.add_argument_group("server")
     group.add_argument("--server", metavar="NAME", help="server model (optional)")
@@ -51,13 +61,16 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_server and not args.server:
         raise ConfigError("--compare-server needs --server")
     check_output_dir(args.out, "--out")
+    builtin = {name: _builtin(name) for name in args.images if not Path(name).exists()}
     point = point_from_args(args)
     names = read_class_names(args.classes) if args.classes else None
     labels = read_labels(args.labels) if args.labels else {}
     edge = load_role(args, "edge")
     server = load_role(args, "server") if args.server else None
     out = Path(args.out)
-    for i, (image, name) in enumerate(zip(args.images, output_names(args.images), strict=True)):
+    stems = [i.replace("/", "-") if i in builtin else i for i in args.images]
+    for i, (image, name) in enumerate(zip(args.images, output_names(stems), strict=True)):
+        pixels, label, box = builtin.get(image) or (None, None, None)
         path = visualize_image(
             image,
             edge,
@@ -65,9 +78,25 @@ def run(args: argparse.Namespace) -> int:
             out / name,
             point,
             class_names=names,
-            label=labels.get(Path(image).name),
+            label=labels.get(Path(image).name, label),
             compare_server=args.compare_server,
             image_id=i,
+            image=None if pixels is None else Image.fromarray(pixels),
+            box=box,
         )
         print(path)
     return 0
+
+
+def _builtin(name: str) -> tuple[Any, int, Any]:
+    """A shipped test image named as the sweep names it; anything else is a missing file."""
+    from ..errors import DataError
+    from ..fmnist import builtin_image
+
+    found = builtin_image(name)
+    if found is None:
+        raise DataError(
+            f"{name}: no such image file (shipped test images are named t10k/00042 or "
+            "cfmnist-SEED/00042)"
+        )
+    return found

@@ -68,6 +68,13 @@ def _show(ax: Any, image: npt.NDArray[np.uint8]) -> None:
     ax.set_yticks([])
 
 
+def _draw_box(ax: Any, box: tuple[int, int, int, int]) -> None:
+    from matplotlib.patches import Rectangle
+
+    x0, y0, x1, y1 = box  # pixel edges: pixel i spans i - 0.5 .. i + 0.5 in imshow
+    ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, ec="lime", lw=1.2))
+
+
 class _Panel:
     """One figure of 3 (or 5) axes for one image."""
 
@@ -118,6 +125,7 @@ def render_panel(
     server_keep_mask: Any | None = None,
     score_name: str = "mean attention",
     dpi: int = 130,
+    box: tuple[int, int, int, int] | None = None,
 ) -> Path:
     """Draw one image's panel and save it as PNG (or PDF, by suffix).
 
@@ -131,6 +139,8 @@ def render_panel(
         server_scores, server_keep_mask: the server's own scores and selection
             (Figs. 5-6), drawn as two more panels when given.
         score_name: how the colour bars name the score.
+        box: the object's box ``(x0, y0, x1, y1)`` in pixels (exclusive ends), drawn
+            on every image panel.
     """
     image = _as_hwc(pixels)
     extra = server_scores is not None
@@ -150,6 +160,9 @@ def render_panel(
             panel.kept(axes[4], sk, f"server selection: {int(sk.sum())}/{panel.n} patches")
         else:
             axes[4].axis("off")
+    if box is not None:
+        for ax in axes:
+            _draw_box(ax, box)
     lines = [text.title, text.edge] + [t for t in (text.server, text.note) if t]
     panel.fig.suptitle("\n".join(lines), fontsize=9)
     out = Path(out_path)

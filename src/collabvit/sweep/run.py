@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from .. import wire
 from ..data import Sample
@@ -43,7 +44,7 @@ from .points import (
     score_histogram,
 )
 from .resolve import resolve_points
-from .server_pass import SelectionData, run_server_pass
+from .server_pass import SelectionData, keep_masks, run_server_pass
 
 __all__ = ["DEFAULT_CHUNK", "SweepResult", "iter_points", "run_sweep"]
 
@@ -104,6 +105,22 @@ class SweepResult:
         p = self._find(point)
         n = int(self.meta["num_patches_per_image"])
         return point_outcomes(p, self._samples, self._edge, self._selections, n)
+
+    def point_of(self, row: ResultRow) -> GridPoint:
+        """The grid point of a grid row of :attr:`rows`."""
+        eta = 0.0 if row.eta is None else row.eta
+        return self._find(
+            GridPoint(row.score, row.rule, row.threshold, row.measure, eta, row.encoder)
+        )
+
+    def keep_masks(self, point: GridPoint) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+        """A grid point's selection on every readable image: (sample positions, (n, N) keep),
+        as the server pass selected them (for measuring what the kept patches hold)."""
+        assert self._edge is not None
+        edge, n = self._edge, int(self.meta["num_patches_per_image"])
+        rows = np.arange(len(edge.positions), dtype=np.int64)
+        keep, _ = keep_masks(edge, point.selection, rows, self._samples, self.grid, n)
+        return edge.positions, keep
 
     def records(self, point: GridPoint | OperatingPoint) -> list[ImageRecord]:
         """The per-image records at one grid point (equal to ``engine.evaluate``'s)."""

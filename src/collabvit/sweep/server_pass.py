@@ -26,6 +26,7 @@ import numpy.typing as npt
 import torch
 
 from .. import wire
+from ..data import Sample
 from ..errors import DataError, WireError
 from ..loader import next_batch
 from ..models import forward_subset
@@ -33,7 +34,7 @@ from ..selection import select_patches
 from .cache import Arrays
 from .context import SweepContext
 from .edge_pass import EdgeData
-from .grid import EDGE, WHOLE_IMAGE, GridPoint, SelectionKey
+from .grid import EDGE, WHOLE_IMAGE, GridPoint, SelectionKey, SweepGrid
 from .pixels import stream_at
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ __all__ = [
     "SAVE_EVERY_S",
     "SelectionData",
     "bytes_key",
+    "keep_masks",
     "raw_message_bytes",
     "run_server_pass",
     "selection_needs",
@@ -127,17 +129,27 @@ def selection_needs(
 def _keep_masks(
     ctx: SweepContext, edge: EdgeData, key: SelectionKey, rows: npt.NDArray[np.int64]
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    return keep_masks(edge, key, rows, ctx.samples, ctx.grid, ctx.num_patches)
+
+
+def keep_masks(
+    edge: EdgeData,
+    key: SelectionKey,
+    rows: npt.NDArray[np.int64],
+    samples: Sequence[Sample],
+    grid: SweepGrid,
+    num_patches: int,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
     """Keep masks (len(rows), N) and raised-to-one flags of one selection at global rows."""
     if key.score is None:
-        scores = np.zeros((len(rows), ctx.num_patches), dtype=np.float32)
+        scores = np.zeros((len(rows), num_patches), dtype=np.float32)
     elif key.encoder == EDGE:
         scores = edge.scores[key.score][rows]
     else:
         assert edge.server_scores is not None
         scores = edge.server_scores[rows]
-    ids = np.asarray([ctx.samples[int(p)].index for p in edge.positions[rows].tolist()], np.int64)
+    ids = np.asarray([samples[int(p)].index for p in edge.positions[rows].tolist()], np.int64)
     threshold = 0.0 if key.threshold is None else key.threshold
-    grid = ctx.grid
     sel = select_patches(scores, key.rule, threshold, grid.include_crossing, grid.seed, ids)
     return sel.keep_mask, sel.raised_to_one
 
