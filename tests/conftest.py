@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -102,6 +103,45 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def link_photos(
+    imagenet_dir: Path,
+    folder: Path,
+    count: int,
+    unreadable: Mapping[int, tuple[str, bytes, int]] = {},
+) -> list[Any]:
+    """``count`` real photos linked into ``folder`` with its labels.csv, as discovered samples.
+
+    ``unreadable[i] = (name, content, label)`` writes a file that is no image right
+    after the i-th photo (``i == count``: at the end), so it sits between them.
+    """
+    from collabvit.data import discover
+
+    lines = (imagenet_dir / "labels.csv").read_text().splitlines()[1 : count + 1]
+    rows = ["file,label"]
+
+    def broken(i: int) -> None:
+        if i in unreadable:
+            name, content, label = unreadable[i]
+            (folder / name).write_bytes(content)
+            rows.append(f"{name},{label}")
+
+    for i, line in enumerate(lines):
+        name, label = line.split(",")[:2]
+        (folder / name).symlink_to(imagenet_dir / "images" / name)
+        rows.append(f"{name},{label}")
+        broken(i)
+    broken(count)
+    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
+    samples, _ = discover(folder, folder / "labels.csv")
+    return samples
+
+
+@pytest.fixture(scope="session")
+def photo_linker(imagenet_dir: Path) -> Callable[..., list[Any]]:
+    """:func:`link_photos` on the shared photos: ``photo_linker(folder, count, unreadable)``."""
+    return lambda *args, **kw: link_photos(imagenet_dir, *args, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import pytest
 import torch
 
 from collabvit import wire
-from collabvit.data import Preprocessing, Sample, array_samples, discover, iter_batches
+from collabvit.data import Preprocessing, Sample, array_samples, iter_batches
 from collabvit.errors import ConfigError
 from collabvit.loader import FILE_SIZES, ImageStream, next_batch, resolve_workers
 from collabvit.loader import iter_batches as loader_batches
@@ -23,23 +24,12 @@ N_IMAGES = 20
 
 
 @pytest.fixture(scope="module")
-def photos(imagenet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+def photos(
+    photo_linker: Callable[..., list[Sample]], tmp_path_factory: pytest.TempPathFactory
+) -> list[Sample]:
     """20 real photos with two unreadable files (one at a batch edge, one at the end)."""
-    folder = tmp_path_factory.mktemp("loader-photos")
-    lines = (imagenet_dir / "labels.csv").read_text().splitlines()[1 : N_IMAGES + 1]
-    rows = ["file,label"]
-    for i, line in enumerate(lines):
-        name, label = line.split(",")[:2]
-        (folder / name).symlink_to(imagenet_dir / "images" / name)
-        rows.append(f"{name},{label}")
-        if i == 5:
-            (folder / "broken-a.JPEG").write_bytes(b"not an image")
-            rows.append("broken-a.JPEG,1")
-    (folder / "broken-z.JPEG").write_bytes(b"")
-    rows.append("broken-z.JPEG,2")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    samples, _ = discover(folder, folder / "labels.csv")
-    return samples
+    broken = {5: ("broken-a.JPEG", b"not an image", 1), N_IMAGES: ("broken-z.JPEG", b"", 2)}
+    return photo_linker(tmp_path_factory.mktemp("loader-photos"), N_IMAGES, broken)
 
 
 def _reference(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import torch
 
 from collabvit import sweep as sweep_mod
 from collabvit.cli import main
-from collabvit.data import Sample, discover, iter_batches
+from collabvit.data import Sample, iter_batches
 from collabvit.engine import OperatingPoint, evaluate
 from collabvit.errors import ConfigError
 from collabvit.gating import uncertainty
@@ -39,20 +39,12 @@ def pair(small_pair: tuple[Path, Path]) -> tuple[LoadedModel, LoadedModel]:
 
 
 @pytest.fixture(scope="module")
-def photos(imagenet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Sample]:
+def photos(
+    photo_linker: Callable[..., list[Sample]], tmp_path_factory: pytest.TempPathFactory
+) -> list[Sample]:
     """24 real photos plus one unreadable file in the middle (it shifts batch boundaries)."""
-    folder = tmp_path_factory.mktemp("photos")
-    lines = (imagenet_dir / "labels.csv").read_text().splitlines()[1 : N_IMAGES + 1]
-    rows = ["file,label"]
-    for i, line in enumerate(lines):
-        name, label = line.split(",")[:2]
-        (folder / name).symlink_to(imagenet_dir / "images" / name)
-        rows.append(f"{name},{label}")
-        if i == 10:
-            (folder / "broken.JPEG").write_bytes(b"not a jpeg at all")
-            rows.append("broken.JPEG,3")
-    (folder / "labels.csv").write_text("\n".join(rows) + "\n")
-    samples, _ = discover(folder, folder / "labels.csv")
+    broken = {10: ("broken.JPEG", b"not a jpeg at all", 3)}
+    samples = photo_linker(tmp_path_factory.mktemp("photos"), N_IMAGES, broken)
     assert len(samples) == N_IMAGES + 1
     return samples
 
