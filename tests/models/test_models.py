@@ -13,12 +13,11 @@ import pytest
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.models.vision_transformer import VisionTransformer
+from vit_support import register_vit
 
 from collabvit.errors import CheckpointError, ModelError
 from collabvit.models import (
     LoadedModel,
-    Preprocessing,
     forward_kept,
     forward_subset,
     load_model,
@@ -36,32 +35,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _register_vit(seed: int = 0) -> LoadedModel:
-    """A small timm ViT with 4 register tokens, position embeddings on patches only, qk-norm."""
-    torch.manual_seed(seed)
-    model = VisionTransformer(
-        img_size=64,
-        patch_size=8,
-        num_classes=10,
-        embed_dim=48,
-        depth=3,
-        num_heads=3,
-        reg_tokens=4,
-        no_embed_class=True,
-        qk_norm=True,
-        global_pool="token",
-    ).eval()
-    prep = Preprocessing((3, 64, 64), IMAGENET_MEAN, IMAGENET_STD)
-    return LoadedModel("small-reg4", model, prep)
-
-
 _CACHE: dict[str, LoadedModel] = {}
 
 
 def _model(name: str) -> LoadedModel:
     """Random-init models, built once per test session."""
     if name not in _CACHE:
-        _CACHE[name] = _register_vit() if name == "register" else load_model(name, random_init=0)
+        _CACHE[name] = (
+            register_vit(mean=IMAGENET_MEAN, std=IMAGENET_STD)
+            if name == "register"
+            else load_model(name, random_init=0)
+        )
     return _CACHE[name]
 
 

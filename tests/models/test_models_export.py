@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from vit_support import register_vit
 
 from collabvit import __version__
 from collabvit.cli import main
@@ -24,7 +24,7 @@ from collabvit.commands.export import export
 from collabvit.data import discover, iter_batches
 from collabvit.errors import ConfigError
 from collabvit.fmnist import shipped_samples
-from collabvit.models import LoadedModel, Preprocessing, forward_with_scores, load_model
+from collabvit.models import LoadedModel, forward_with_scores, load_model
 from collabvit.models.export import EdgeGraph, export_edge
 from collabvit.onnx_edge import FORMAT, EdgeMetadata, load_edge
 from collabvit.sweep.cache import model_identity
@@ -46,25 +46,6 @@ def peaky_deit() -> LoadedModel:
         qkv.weight[: 2 * d].mul_(QK_SCALE)  # the q and k rows of (3 D, D)
         qkv.bias[: 2 * d].mul_(QK_SCALE)
     return edge
-
-
-def _register_vit() -> LoadedModel:
-    """Four register tokens, patch-only position embeddings, qk-norm (split_qk's norms)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = VisionTransformer(
-            img_size=64,
-            patch_size=8,
-            num_classes=10,
-            embed_dim=48,
-            depth=3,
-            num_heads=3,
-            reg_tokens=4,
-            no_embed_class=True,
-            qk_norm=True,
-            global_pool="token",
-        ).eval()
-    return LoadedModel("small-reg4", model, Preprocessing((3, 64, 64), (0.5,) * 3, (0.5,) * 3))
 
 
 def _torch_outputs(edge: LoadedModel, pixels: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +96,7 @@ def test_shipped_fmnist_tiny_matches_the_torch_probe(tmp_path: Path) -> None:
 
 
 def test_register_tokens_and_qk_norm_are_handled_like_the_probe(tmp_path: Path) -> None:
-    edge = _register_vit()
+    edge = register_vit()
     export_edge(edge, tmp_path / "reg.onnx", _metadata(edge))
     runtime = load_edge(tmp_path / "reg.onnx")
     pixels = torch.randint(0, 256, (4, 3, 64, 64), generator=torch.Generator().manual_seed(0))

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 import torch
-from timm.models.vision_transformer import VisionTransformer
+from vit_support import register_vit
 
 from collabvit.attention import SCORES
 from collabvit.errors import ConfigError
-from collabvit.models import LoadedModel, Preprocessing, forward_with_scores, load_model
+from collabvit.models import LoadedModel, forward_with_scores, load_model
 
 ALL_SCORES = ("mean", "rollout", "rollout-standard")
 
@@ -26,26 +26,8 @@ ALL_SCORES = ("mean", "rollout", "rollout-standard")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _register_vit() -> LoadedModel:
-    """A small ViT with 4 register tokens, patch-only position embeddings and qk-norm."""
-    torch.manual_seed(0)
-    model = VisionTransformer(
-        img_size=64,
-        patch_size=8,
-        num_classes=10,
-        embed_dim=48,
-        depth=3,
-        num_heads=3,
-        reg_tokens=4,
-        no_embed_class=True,
-        qk_norm=True,
-        global_pool="token",
-    ).eval()
-    return LoadedModel("small-reg4", model, Preprocessing((3, 64, 64), (0.5,) * 3, (0.5,) * 3))
-
-
 def _build(family: str) -> LoadedModel:
-    return _register_vit() if family == "register" else load_model(family, random_init=0)
+    return register_vit() if family == "register" else load_model(family, random_init=0)
 
 
 def _explicit_attentions(loaded: LoadedModel, x: torch.Tensor) -> tuple[torch.Tensor, list]:
@@ -117,7 +99,7 @@ def test_fused_probe_equals_explicit_attention(family: str) -> None:
 
 
 def test_only_the_requested_scores_are_returned() -> None:
-    loaded = _register_vit()
+    loaded = register_vit()
     x = torch.randn(1, 3, 64, 64)
     _, scores = forward_with_scores(loaded, x)
     assert set(scores) == {"mean"}
@@ -126,7 +108,7 @@ def test_only_the_requested_scores_are_returned() -> None:
 
 
 def test_probe_removes_its_hooks() -> None:
-    loaded = _register_vit()
+    loaded = register_vit()
     forward_with_scores(loaded, torch.randn(1, 3, 64, 64), ALL_SCORES)
     for block in loaded.model.blocks:
         assert not block.attn.qkv._forward_hooks
@@ -134,5 +116,5 @@ def test_probe_removes_its_hooks() -> None:
 
 def test_unknown_score_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="mean"):
-        forward_with_scores(_register_vit(), torch.randn(1, 3, 64, 64), ("max",))
+        forward_with_scores(register_vit(), torch.randn(1, 3, 64, 64), ("max",))
     assert set(SCORES) == set(ALL_SCORES)
