@@ -3,9 +3,11 @@
 The real ImageNet photos are decoded, converted, resized (shorter side 256,
 bicubic) and centre-cropped to 224x224 as DeiT evaluates, in batches of 64,
 by :func:`collabvit.loader.iter_batches`: with ``workers=0`` in this process,
-with ``workers=2`` in two worker processes (their start-up included). The two
-cases are timed in rotation on the wall clock (CPU time of this process would
-not see the workers); the ratio is the median of each case's repeats. The
+with ``workers=2`` in two worker processes (their start-up included). One
+timed pass reads the photos three times over in one stream (3,900 images in
+the full preset), as a long run does. The two cases are timed in rotation on
+the wall clock (CPU time of this process would not see the workers); the
+ratio is the median of each case's repeats. The
 machine's load average is recorded before and after: the workers need idle
 cores, and on a machine shared with other jobs the ratio follows the load.
 """
