@@ -1,12 +1,17 @@
-"""The main job, offline: the shipped edge/server pair on the shipped Fashion-MNIST test set.
+"""The main job, offline: a shipped edge/server pair on its shipped test set.
 
-Runs the sweep of the shipped pair (fmnist-tiny on the edge, fmnist-base on
-the server) over the 10,000 shipped test images, prints edge-only and
-server-only accuracy and the chosen point: the cheapest edge grid point
-(whole images included) within --target-drop points of server-only, the same
-point as best.json, tables.md and the star of figures/tradeoff.png (--json
-writes it). A second line gives the cheapest point that selects patches.
-Writes the tables and figures.
+``--pair cfmnist`` (the default): cfmnist-tiny on the edge, cfmnist-base on the
+server, over the 10,000 cluttered Fashion-MNIST test canvases (seed 0), where
+the garment covers a fraction of the image and patch selection pays; ``--pair
+fmnist``: fmnist-tiny / fmnist-base on the plain 28x28 test split. Runs the
+sweep and prints what the paper's Fig. 8 says: edge-only and server-only
+accuracy, the chosen point (the cheapest edge grid point, whole images
+included, within --target-drop points of server-only: best.json, tables.md
+and the star of figures/tradeoff.png; --json writes it), the cheapest point
+that selects patches, and the gate alone (whole images) within the same
+points at its cost. On the cluttered pair also: how much of each garment the
+selected patches hold (from the recorded boxes) and whose attention picks the
+better patches (Fig. 14). Writes the tables and figures.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +28,8 @@ from ..errors import DataError
 from ..report.tables import describe_point
 from ..sweep.grid import ALL, Series, SweepGrid
 from ..sweep.paper import PAPER_ETAS
-from ..sweep.points import EDGE_ONLY, SERVER_ONLY, ResultRow, best_point
+from ..sweep.points import EDGE_ONLY, SERVER_ONLY, ResultRow
+from ._demo_summary import comparisons, fig14_line, jsonable
 from ._outputs import check_outputs, writing
 from ._runinfo import run_info
 from ._values import count
@@ -30,7 +37,29 @@ from ._values import count
 if TYPE_CHECKING:
     from ..sweep.run import SweepResult
 
-HELP = "run the shipped pair on the shipped Fashion-MNIST test set (offline)"
+HELP = "run a shipped pair on its shipped test set (offline)"
+
+
+@dataclass(frozen=True)
+class DemoPair:
+    """A shipped pair and the test set the demo runs it on."""
+
+    edge: str
+    server: str
+    data: str  # how the headline names the images
+    cluttered: bool  # the cluttered canvases (object boxes, Fig. 14) or the plain split
+
+
+PAIRS = {
+    "cfmnist": DemoPair(
+        "cfmnist-tiny",
+        "cfmnist-base",
+        "cluttered Fashion-MNIST test set (56x56 canvases, seed 0)",
+        cluttered=True,
+    ),
+    "fmnist": DemoPair("fmnist-tiny", "fmnist-base", "Fashion-MNIST test set", cluttered=False),
+}
+"""``--pair``: the shipped pairs the demo can run."""
 
 DEMO_KEYS = (
     "edge_accuracy",
@@ -47,11 +76,23 @@ DEMO_KEYS = (
     "measure",
     "eta",
     "point",
+    "pair",
+    "selection",
+    "gate_only",
 )
-"""The keys of ``--json``: the chosen point (as ``best.json``) and how it is named."""
+"""The keys of ``--json``: the chosen point (as ``best.json``), how it is named, the pair,
+the cheapest point with patch selection and the cheapest whole-image one (both within
+--target-drop, or the most accurate); the cluttered pair adds ``object_coverage`` and
+``semantic_encoder`` (Fig. 14)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pair",
+        choices=tuple(PAIRS),
+        default="cfmnist",
+        help="cfmnist: the cluttered pair (default); fmnist: the plain Fashion-MNIST pair",
+    )
     parser.add_argument(
         "--out", default="collabvit-demo", metavar="DIR", help="tables, figures and results"
     )
@@ -80,7 +121,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..fmnist import shipped_samples
     from ..models import load_model
     from ..models.devices import resolve_device
     from ..models.precision import apply_precision, check_precision
@@ -91,10 +131,11 @@ def run(args: argparse.Namespace) -> int:
     check_outputs(files={"--json": args.json}, dirs={"--out": args.out})
     device = resolve_device(args.device)  # a missing GPU is one line, before any loading
     precision = check_precision(args.precision, device)
-    edge = apply_precision(load_model("fmnist-tiny", device=device), precision)
-    server = apply_precision(load_model("fmnist-base", device=device), precision)
-    samples = shipped_samples(args.limit)
-    grid = SweepGrid.paper() if args.grid == "paper" else demo_grid()
+    pair = PAIRS[args.pair]
+    edge = apply_precision(load_model(pair.edge, device=device), precision)
+    server = apply_precision(load_model(pair.server, device=device), precision)
+    samples, objects = _test_set(pair, args.limit)
+    grid = SweepGrid.paper() if args.grid == "paper" else demo_grid(encoder=pair.cluttered)
     out = Path(args.out)
     with ExitStack() as stack:
         result = run_sweep(
@@ -110,20 +151,41 @@ def run(args: argparse.Namespace) -> int:
     write_outputs(result, out, figures=not args.no_figures)
     if result.edge_accuracy is None or result.server_accuracy is None:
         raise DataError("the shipped test split has no labels")
-    best = result.best
-    # the same rule on the points that select patches (every rule but whole images)
-    with_selection = best_point(
-        [r for r in result.rows if r.rule != ALL], result.server_accuracy, args.target_drop
-    )
+    extra = comparisons(result, args.target_drop, objects, edge.patch_size)
     if args.json:
-        body = headline(result) | {"run": run_info(args, {"edge": edge, "server": server})}
+        run_ = {"run": run_info(args, {"edge": edge, "server": server})}
+        body = headline(result) | {"pair": args.pair} | jsonable(extra) | run_
         with writing("--json", args.json):
             Path(args.json).write_text(json.dumps(body, indent=2) + "\n")
     n = len(samples)
     print(
-        f"Fashion-MNIST test set, {n:,} images: edge {edge.name} "
+        f"{pair.data[0].upper()}{pair.data[1:]}, {n:,} images: edge {edge.name} "
         f"({_params(edge)}) / server {server.name} ({_params(server)})"
     )
+    _print_headline(result, extra, edge.num_patches, args.target_drop)
+    print(f"  tables, figures and results in {out}/")
+    return 0
+
+
+def _test_set(pair: DemoPair, limit: int | None) -> tuple[list[Any], Any]:
+    """The pair's samples and, for the cluttered set, (its canvases, the 28x28 split)."""
+    from ..fmnist import (
+        cluttered_samples,
+        cluttered_test_split,
+        shipped_samples,
+        shipped_test_split,
+    )
+
+    if not pair.cluttered:
+        return shipped_samples(limit), None
+    data = cluttered_test_split(0, limit)
+    return cluttered_samples(data, 0), (data, shipped_test_split()[0])
+
+
+def _print_headline(
+    result: SweepResult, extra: dict[str, Any], num_patches: int, target_drop: float
+) -> None:
+    assert result.edge_accuracy is not None and result.server_accuracy is not None
     edge_row, server_row = _baseline(result, EDGE_ONLY), _baseline(result, SERVER_ONLY)
     print(
         f"  edge only      {100 * result.edge_accuracy:6.2f}%{_ci(edge_row)}   communication cost 0"
@@ -132,23 +194,35 @@ def run(args: argparse.Namespace) -> int:
         f"  server only    {100 * result.server_accuracy:6.2f}%{_ci(server_row)}   "
         "communication cost 1"
     )
+    best, sel, gate = result.best, extra["selection"], extra["gate_only"]
     if best is None:
         print("  no grid point has an accuracy")
     else:
-        close = "" if best.within_target else f" (none within {args.target_drop:g} points)"
-        print(f"  collaborative  {_describe(best.row, edge.num_patches)}{close}")
-    if with_selection is not None and (best is None or with_selection.row != best.row):
-        close = (
-            ""
-            if with_selection.within_target
-            else (
-                f"\n                 (no point with patch selection is within "
-                f"{args.target_drop:g} points: the most accurate)"
-            )
+        close = "" if best.within_target else f" (none within {target_drop:g} points)"
+        print(f"  collaborative  {_describe(best.row, num_patches)}{close}")
+    if sel is not None and (best is None or sel.row != best.row):
+        close = "" if sel.within_target else _none_within("patch selection", target_drop)
+        print(f"  with patch selection: {_describe(sel.row, num_patches)}{close}")
+    if gate is not None and (best is None or gate.row != best.row):
+        close = "" if gate.within_target else _none_within("whole images", target_drop)
+        print(f"  the gate alone, whole images: {_describe(gate.row, num_patches)}{close}")
+    if sel is not None and gate is not None and gate.row.communication_cost > 0:
+        ratio = sel.row.communication_cost / gate.row.communication_cost
+        both = sel.within_target and gate.within_target
+        where = f"both within {target_drop:g} points of server-only" if both else "each at its best"
+        print(f"  patch selection costs {ratio:.2f}x the gate alone ({where})")
+    cover = extra.get("object_coverage")
+    if cover is not None:
+        sent = cover["transmitted_images"]
+        print(
+            f"  the kept patches hold {100 * cover['all_images']:.1f}% of the garment's pixels "
+            "(mean over the images"
+            + ("" if sent is None else f"; {100 * sent:.1f}% over the images sent")
+            + ")"
         )
-        print(f"  with patch selection: {_describe(with_selection.row, edge.num_patches)}{close}")
-    print(f"  tables, figures and results in {out}/")
-    return 0
+    line = fig14_line(extra)
+    if line:
+        print(line)
 
 
 def headline(result: SweepResult) -> dict[str, Any]:
@@ -158,7 +232,7 @@ def headline(result: SweepResult) -> dict[str, Any]:
         "edge_accuracy": result.edge_accuracy,
         "server_accuracy": result.server_accuracy,
     }
-    keys = [k for k in DEMO_KEYS if k not in body and k != "point"]  # the row's fields
+    keys = [k for k in DEMO_KEYS[: DEMO_KEYS.index("point")] if k not in body]  # the row's fields
     if best is None:
         return body | dict.fromkeys(keys) | {"point": None}
     row = best.row.to_dict()
@@ -169,6 +243,13 @@ def headline(result: SweepResult) -> dict[str, Any]:
             "point": describe_point(best.row),
             "within_target": best.within_target,
         }
+    )
+
+
+def _none_within(what: str, target_drop: float) -> str:
+    return (
+        f"\n                 (no point with {what} is within {target_drop:g} points: "
+        "the most accurate)"
     )
 
 
@@ -194,22 +275,27 @@ def _describe(row: ResultRow, num_patches: int) -> str:
     )
 
 
-def demo_grid() -> SweepGrid:
+def demo_grid(encoder: bool = False) -> SweepGrid:
     """The paper's trade-off (Fig. 8: attention-sum x min-entropy) at fewer delta_sums.
 
     About six server selections per transmitted image, so the 10,000 shipped
-    test images sweep in a couple of minutes on two CPU cores.
+    test images sweep in a couple of minutes on two CPU cores. ``encoder`` adds
+    Fig. 14: the same delta_sums ungated, chosen by the edge's and by the
+    server's attention.
     """
     deltas = (0.95, 0.97, 0.99)
     # The paper's eta_m plus the midpoints where a small model's trade-off bends;
     # more etas cost no server forwards, only bookkeeping.
     etas = tuple(sorted({*PAPER_ETAS, 0.25, 0.35, 0.5}))
+    fig14 = (Series("attention-sum", deltas, "none"),) if encoder else ()
     return SweepGrid(
         series=(
             Series("attention-sum", deltas, "min-entropy", etas),  # Fig. 8
+            *fig14,  # the edge's attention choosing, no gate
             Series(ALL, measure="none"),  # server only
             Series(ALL, measure="min-entropy", etas=etas),  # the gate alone: whole images
         ),
+        encoder_thresholds=deltas if encoder else (),  # the server's attention choosing
         reference_delta_sums=deltas,
         reference_etas=PAPER_ETAS,
     )

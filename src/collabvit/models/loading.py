@@ -43,7 +43,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SHIPPED_MODELS = ("fmnist-tiny", "fmnist-base")
+SHIPPED_MODELS = ("fmnist-tiny", "fmnist-base", "cfmnist-tiny", "cfmnist-base")
 
 
 @dataclass
