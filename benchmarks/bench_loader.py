@@ -103,8 +103,8 @@ def run(ctx: Context) -> list[Result]:
     return [
         Result(
             name="loader",
-            figure=f"Input pipeline: images/s with 2 loader workers vs 0 ({len(samples)} photos, "
-            "224x224 DeiT preprocessing)",
+            figure=f"Input pipeline: images/s with 2 loader workers vs 0 ({len(photos)} photos "
+            f"read {len(samples) // max(1, len(photos))} times over, 224x224 DeiT preprocessing)",
             measured=f"{ratio:.2f}x ({rate[2]:.0f} vs {rate[0]:.0f} img/s)",
             goal=f">= {GOAL:g}x",
             met=ratio >= GOAL,
