@@ -209,7 +209,9 @@ def _print_headline(
     if sel is not None and gate is not None and gate.row.communication_cost > 0:
         ratio = sel.row.communication_cost / gate.row.communication_cost
         both = sel.within_target and gate.within_target
-        where = f"both within {target_drop:g} points of server-only" if both else "each at its best"
+        points = "point" if target_drop == 1 else "points"
+        within = f"both within {target_drop:g} {points} of server-only"
+        where = within if both else "each at its best"
         print(f"  patch selection costs {ratio:.2f}x the gate alone ({where})")
     cover = extra.get("object_coverage")
     if cover is not None:
