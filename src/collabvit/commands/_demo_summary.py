@@ -16,7 +16,7 @@ from ..sweep.points import ResultRow, best_point
 if TYPE_CHECKING:
     from ..sweep.run import SweepResult
 
-__all__ = ["comparisons", "fig14_line", "jsonable"]
+__all__ = ["comparisons", "fig14_line", "jsonable", "point_json"]
 
 
 def comparisons(
@@ -78,16 +78,24 @@ def _encoders(grid: list[ResultRow]) -> list[dict[str, Any]]:
     return out
 
 
-def jsonable(extra: dict[str, Any]) -> dict[str, Any]:
-    def point(best: Any) -> Any:
-        if best is None:
-            return None
-        return best.row.to_dict() | {
-            "point": describe_point(best.row),
-            "within_target": best.within_target,
-        }
+def point_json(best: Any) -> dict[str, Any] | None:
+    """A chosen point (a :class:`~collabvit.sweep.points.BestPoint`) as JSON: its row's
+    fields, its name as ``tables.md`` gives it, and whether it is within the target."""
+    if best is None:
+        return None
+    return best.row.to_dict() | {
+        "point": describe_point(best.row),
+        "within_target": best.within_target,
+    }
 
-    return extra | {"selection": point(extra["selection"]), "gate_only": point(extra["gate_only"])}
+
+def jsonable(extra: dict[str, Any]) -> dict[str, Any]:
+    """:func:`comparisons`' output with its two chosen points as :func:`point_json`."""
+    picks = {
+        "selection": point_json(extra["selection"]),
+        "gate_only": point_json(extra["gate_only"]),
+    }
+    return extra | picks
 
 
 def fig14_line(extra: dict[str, Any]) -> str | None:

@@ -29,7 +29,7 @@ from ..report.tables import describe_point
 from ..sweep.grid import ALL, Series, SweepGrid
 from ..sweep.paper import PAPER_ETAS
 from ..sweep.points import EDGE_ONLY, SERVER_ONLY, ResultRow
-from ._demo_summary import comparisons, fig14_line, jsonable
+from ._demo_summary import comparisons, fig14_line, jsonable, point_json
 from ._outputs import check_outputs, writing
 from ._runinfo import run_info
 from ._values import count
@@ -235,17 +235,10 @@ def headline(result: SweepResult) -> dict[str, Any]:
         "server_accuracy": result.server_accuracy,
     }
     keys = [k for k in DEMO_KEYS[: DEMO_KEYS.index("point")] if k not in body]  # the row's fields
-    if best is None:
+    chosen = point_json(best)
+    if chosen is None:
         return body | dict.fromkeys(keys) | {"point": None}
-    row = best.row.to_dict()
-    return (
-        body
-        | {k: row[k] for k in keys}
-        | {
-            "point": describe_point(best.row),
-            "within_target": best.within_target,
-        }
-    )
+    return body | {k: chosen[k] for k in (*keys, "point", "within_target")}
 
 
 def _none_within(what: str, target_drop: float) -> str:

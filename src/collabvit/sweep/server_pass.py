@@ -126,12 +126,6 @@ def selection_needs(
     return needs
 
 
-def _keep_masks(
-    ctx: SweepContext, edge: EdgeData, key: SelectionKey, rows: npt.NDArray[np.int64]
-) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
-    return keep_masks(edge, key, rows, ctx.samples, ctx.grid, ctx.num_patches)
-
-
 def keep_masks(
     edge: EdgeData,
     key: SelectionKey,
@@ -168,7 +162,7 @@ def _plan_chunk(ctx: SweepContext, ci: int, edge: EdgeData, needs: Needs) -> _Ch
         if local.size == 0:
             continue
         rows = (local + a).astype(np.int64)
-        masks, raised = _keep_masks(ctx, edge, sel_key, rows)
+        masks, raised = keep_masks(edge, sel_key, rows, ctx.samples, ctx.grid, ctx.num_patches)
         packed = np.packbits(masks, axis=1)
         uids = np.empty(local.size, dtype=np.int64)
         for j in range(local.size):
