@@ -10,23 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import IO, ClassVar
+from typing import ClassVar
 
 import httpx
 import numpy as np
 import pytest
+from serve_process import (
+    RUN_TIMEOUT_S,
+    START_TIMEOUT_S,
+    ServeProcess,
+    finish,
+    start,
+)
 
 from collabvit.client import ClientConfig, EdgeClient, ImageResult, write_jsonl
 from collabvit.data import discover, iter_batches, load_image, preprocess
@@ -34,86 +38,6 @@ from collabvit.engine import OperatingPoint
 from collabvit.gating import uncertainty
 from collabvit.models import forward_with_scores, load_model
 from collabvit.wire import encode
-
-START_TIMEOUT_S = 180  # importing torch on a busy 2-core machine is slow
-RUN_TIMEOUT_S = 240
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("COLLABVIT_TOKEN", None)
-    env["OMP_NUM_THREADS"] = "1"
-    return env
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "collabvit.cli", *args]
-
-
-class ServerProcess:
-    """A `collabvit serve` process on a free 127.0.0.1 port, its output in a log file."""
-
-    def __init__(self, log_path: Path, server_json: Path, *options: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log: IO[str] = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        self.proc = subprocess.Popen(
-            cli(
-                "serve",
-                "--server",
-                str(server_json),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--threads",
-                "1",
-                *options,
-            ),
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=cli_env(),
-        )
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        with httpx.Client(base_url=self.url, timeout=2) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"server exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-        pytest.fail(f"server not ready after {START_TIMEOUT_S} s:\n{self.log()}")
-
-    def terminate(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        self._log.close()
-
 
 # a batch would wait 30 s to fill, so requests stay in flight until SIGTERM;
 # the server must then answer them at once (well before its 20 s grace ends)
@@ -126,17 +50,15 @@ class ServerPool:
     def __init__(self, folder: Path, server_json: Path) -> None:
         self.folder = folder
         self.server_json = server_json
-        self.ready: dict[str, ServerProcess] = {}
-        self.all: list[ServerProcess] = []
+        self.ready: dict[str, ServeProcess] = {}
+        self.all: list[ServeProcess] = []
 
     def start(self, name: str, *options: str) -> None:
-        proc = ServerProcess(
-            self.folder / f"{name}-{len(self.all)}.log", self.server_json, *options
-        )
+        proc = ServeProcess(self.folder / f"{name}-{len(self.all)}.log", self.server_json, *options)
         self.ready[name] = proc
         self.all.append(proc)
 
-    def get(self, name: str, *options: str) -> ServerProcess:
+    def get(self, name: str, *options: str) -> ServeProcess:
         if name not in self.ready or self.ready[name].proc.poll() is not None:
             self.start(name, *options)
         proc = self.ready[name]
@@ -149,7 +71,7 @@ class ServerPool:
             self.start(name, *options)
         return self.ready[name].url
 
-    def take(self, name: str, *options: str) -> ServerProcess:
+    def take(self, name: str, *options: str) -> ServeProcess:
         proc = self.get(name, *options)
         del self.ready[name]
         return proc
@@ -180,23 +102,6 @@ def median_min_entropy(edge_json: Path, photo_dir: Path) -> float:
         logits, _ = forward_with_scores(edge, edge.normalise(batch.pixels))
         values += uncertainty(logits, "min-entropy").tolist()
     return statistics.median(values)
-
-
-def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env()
-    )
-
-
-def finish(proc: subprocess.Popen[str], what: str) -> str:
-    try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"{what} timed out:\n{err[-3000:]}")
-    assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{err[-3000:]}"
-    return out
 
 
 def test_edge_over_http_predicts_exactly_what_evaluate_predicts(

@@ -8,17 +8,14 @@ test module, built from the functions here.
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
@@ -110,84 +107,7 @@ async def wait_until(check: Callable[[], bool], seconds: float = 10.0) -> None:
     raise AssertionError("condition not reached in time")
 
 
-# --- real `collabvit serve` processes and raw sockets (the hardening tests) ---
-
-START_TIMEOUT_S = 180  # importing torch on a busy 2-core machine is slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "collabvit.cli", *args]
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("COLLABVIT_TOKEN", None)
-    env["OMP_NUM_THREADS"] = "1"
-    env.update(extra)
-    return env
-
-
-class ServeProcess:
-    """A ``collabvit -v serve`` process on a free 127.0.0.1 port; its log in a file."""
-
-    def __init__(self, log_path: Path, server_json: Path, *options: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log: IO[str] = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        command = cli_command(
-            "-v", "serve", "--server", str(server_json), "--host", "127.0.0.1",
-            "--port", str(self.port), "--threads", "1", *options,
-        )  # fmt: skip
-        self.proc = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=cli_env()
-        )
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text()
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        with httpx.Client(base_url=self.url, timeout=2) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    code = self.proc.returncode
-                    raise AssertionError(f"server exited with {code}:\n{self.log()}")
-                try:
-                    if client.get("/healthz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.2)
-        raise AssertionError(f"server not ready after {START_TIMEOUT_S} s:\n{self.log()}")
-
-    def status_kib(self, field: str) -> int:
-        """A ``/proc/PID/status`` field in KiB: ``VmRSS`` (resident now), ``VmHWM`` (its peak)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise AssertionError(f"no {field} in /proc/{self.proc.pid}/status")
-
-    def reset_peak_rss(self) -> None:
-        """Start VmHWM again from the current RSS (Linux: write 5 to clear_refs)."""
-        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        self._log.close()
+# --- real `collabvit serve` processes (tests/serve_process.py) and raw sockets ---
 
 
 def connect(port: int, timeout: float = 10.0) -> socket.socket:

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import httpx
 import pytest
 
 pytest.importorskip("ray.serve", reason="the Ray engine needs collabvit[ray]")
+
+from serve_process import ServeProcess, finish, start
 
 from collabvit.models import load_model
 from collabvit.server.identity import HEADERS, weights_sha256
@@ -39,103 +36,28 @@ TOKEN = "ray-test-token"
 SERVE = ("--max-batch-size", "8", "--max-ongoing", "4", "--max-wait-ms", "1500", "--max-queue", "2")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "collabvit.cli", *args]
-
-
-def env() -> dict[str, str]:
-    out = dict(os.environ)
-    out.pop("COLLABVIT_TOKEN", None)
-    out.pop("RAY_ADDRESS", None)  # a local Ray of its own, whatever the machine has
-    out["OMP_NUM_THREADS"] = "1"
-    return out
-
-
-class RayServer:
-    """The ``collabvit serve --engine ray`` process; its output in a log file."""
-
-    def __init__(self, log_path: Path, server_json: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_path
-        self._log: IO[str] = open(log_path, "w")  # noqa: SIM115 (closed in stop())
-        command = cli(
-            "serve", "--engine", "ray", "--replicas", "2", "--server", str(server_json),
-            "--host", "127.0.0.1", "--port", str(self.port), "--threads", "1",
-            "--token", TOKEN, "--drain-delay", "3", *SERVE,
-        )  # fmt: skip
-        self.proc = subprocess.Popen(
-            command,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=env(),
-        )
-
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        with httpx.Client(base_url=self.url, timeout=3) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    pytest.fail(f"ray server exited with {self.proc.returncode}:\n{self.log()}")
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                time.sleep(0.5)
-        pytest.fail(f"ray server not ready after {START_TIMEOUT_S} s:\n{self.log()[-5000:]}")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(90)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(30)
-        self._log.close()
+def ray_serve(log_path: Path, server_json: Path) -> ServeProcess:
+    """The ``collabvit serve --engine ray`` process, 2 replicas; ready once /readyz says so."""
+    return ServeProcess(
+        log_path, server_json, "--engine", "ray", "--replicas", "2", "--token", TOKEN,
+        "--drain-delay", "3", *SERVE,
+        ready="/readyz", start_timeout=START_TIMEOUT_S, stop_timeout=90,
+    )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def ray_server(
     small_pair: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[RayServer]:
-    server = RayServer(tmp_path_factory.mktemp("ray") / "serve.log", small_pair[1])
+) -> Iterator[ServeProcess]:
+    server = ray_serve(tmp_path_factory.mktemp("ray") / "serve.log", small_pair[1])
     try:
         yield server
     finally:
         server.stop()
 
 
-def start(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env()
-    )
-
-
-def finish(proc: subprocess.Popen[str], what: str) -> str:
-    try:
-        out, err = proc.communicate(timeout=RUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"{what} timed out:\n{err[-3000:]}")
-    assert proc.returncode == 0, f"{what} failed ({proc.returncode}):\n{err[-3000:]}"
-    return out
-
-
 def test_edge_over_ray_serve_predicts_exactly_what_evaluate_predicts(
-    ray_server: RayServer, small_pair: tuple[Path, Path], photo_dir: Path, tmp_path: Path
+    ray_server: ServeProcess, small_pair: tuple[Path, Path], photo_dir: Path, tmp_path: Path
 ) -> None:
     edge_json, server_json = small_pair
     # every photo goes to the server (no gate): 12 answers from the two Ray replicas
@@ -146,14 +68,14 @@ def test_edge_over_ray_serve_predicts_exactly_what_evaluate_predicts(
         "evaluate", "--edge", str(edge_json), "--server", str(server_json), "--data", *data,
         *point, "--records", str(records),
     )  # fmt: skip
-    finish(evaluation, "collabvit evaluate")  # while Ray starts
+    finish(evaluation, "collabvit evaluate", RUN_TIMEOUT_S)  # while Ray starts
     ray_server.wait_ready()
     edge = start(
         "edge", "--edge", str(edge_json), "--server-url", ray_server.url, *data, *point,
         "--codec", "raw", "--concurrency", "3", "--threads", "1", "--token", TOKEN,
         "--out", str(jsonl),
     )  # fmt: skip
-    summary = finish(edge, "collabvit edge")
+    summary = finish(edge, "collabvit edge", RUN_TIMEOUT_S)
     assert "12 images" in summary
     lines = [json.loads(x) for x in jsonl.read_text().splitlines()]
     header, *rest = records.read_text().splitlines()
@@ -168,7 +90,7 @@ def test_edge_over_ray_serve_predicts_exactly_what_evaluate_predicts(
 
 
 def test_identity_garbage_and_token_answers(
-    ray_server: RayServer, small_pair: tuple[Path, Path]
+    ray_server: ServeProcess, small_pair: tuple[Path, Path]
 ) -> None:
     ray_server.wait_ready()
     digest = weights_sha256(load_model(str(small_pair[1])).model)
@@ -195,7 +117,7 @@ def _auth(token: str) -> dict[str, str]:
 
 
 def test_a_burst_over_the_queue_gets_503_with_retry_after(
-    ray_server: RayServer, photo_dir: Path
+    ray_server: ServeProcess, photo_dir: Path
 ) -> None:
     ray_server.wait_ready()
     photo = next(iter(sorted(photo_dir.glob("*.JPEG")))).read_bytes()
@@ -225,7 +147,7 @@ def test_a_burst_over_the_queue_gets_503_with_retry_after(
     assert 2 <= max(batches) <= 4, batches
 
 
-def test_sigterm_turns_readyz_to_503_then_stops(ray_server: RayServer) -> None:
+def test_sigterm_turns_readyz_to_503_then_stops(ray_server: ServeProcess) -> None:
     ray_server.wait_ready()
     ray_server.proc.send_signal(signal.SIGTERM)
     seen: list[int] = []

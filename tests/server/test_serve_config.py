@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from server_support import cli_command, cli_env, free_port
+from serve_process import cli_command, cli_env, free_port
 
 from collabvit import cli
 from collabvit.commands import serve

@@ -18,14 +18,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from serve_process import ServeProcess, cli_command, cli_env, free_port
 from server_support import (
-    ServeProcess,
     blank_png,
-    cli_command,
-    cli_env,
     connect,
     first_photos,
-    free_port,
     half_body,
     half_headers,
     mask_of,
@@ -55,6 +52,7 @@ def server(
         "--header-timeout", str(HEADER_TIMEOUT_S),
         "--body-timeout", str(BODY_TIMEOUT_S),
         "--max-wait-ms", "0",
+        verbose=True,
     )  # fmt: skip
     try:
         proc.wait_ready()

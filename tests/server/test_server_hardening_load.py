@@ -21,8 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from serve_process import ServeProcess
 from server_support import (
-    ServeProcess,
     first_photos,
     half_body,
     half_headers,
@@ -53,6 +53,7 @@ def server(
         small_pair[1],
         "--header-timeout", str(HEADER_TIMEOUT_S),
         "--body-timeout", str(BODY_TIMEOUT_S),
+        verbose=True,
     )  # fmt: skip
     try:
         proc.wait_ready()
