@@ -12,7 +12,7 @@ import torch
 from collabvit import wire
 from collabvit.data import Preprocessing, Sample, array_samples, iter_batches
 from collabvit.errors import ConfigError
-from collabvit.loader import FILE_SIZES, ImageStream, next_batch, resolve_workers
+from collabvit.loader import FILE_SIZES, ImageStream, _Ring, next_batch, resolve_workers
 from collabvit.loader import iter_batches as loader_batches
 from collabvit.sweep.pixels import PixelStore
 from collabvit.sweep.server_pass import raw_message_bytes
@@ -59,7 +59,7 @@ def test_same_batches_as_data_iter_batches(photos: list[Sample], workers: int, b
 def test_reused_worker_slots_never_change_a_batch_already_handed_out(
     photos: list[Sample],
 ) -> None:
-    # one image per block: the workers' 5 shared slots are reused four times over
+    # one image per block: the workers' 7 shared slots are reused three times over
     ids, pixels, _ = _reference(photos, 3)
     stream = ImageStream(photos, PREP, block=1, workers=2)
     held = []
@@ -68,6 +68,35 @@ def test_reused_worker_slots_never_change_a_batch_already_handed_out(
     stream.close()
     assert [[photos[p].index for p in b.positions] for b in held] == ids
     assert all(torch.equal(a.pixels, b) for a, b in zip(held, pixels, strict=True))
+
+
+def test_a_consumer_that_drops_its_batches_reads_the_slots_in_place(
+    photos: list[Sample],
+) -> None:
+    # block == batch: a whole block is a batch; dropped, its slot is written again
+    readable = [s for s in photos if s.path is not None and "broken" not in s.path.name]
+    ids, pixels, _ = _reference(readable, 2)
+    stream = ImageStream(readable, PREP, block=2, workers=2)
+    assert stream._ring is not None
+    slots = {t.untyped_storage().data_ptr() for t in stream._ring.slots}
+    in_place, seen = 0, []
+    while (got := next_batch(stream, 2)) is not None:
+        assert torch.equal(got.pixels, pixels[len(seen)])  # checked before it is dropped
+        in_place += got.pixels.untyped_storage().data_ptr() in slots
+        seen.append([readable[p].index for p in got.positions])
+        del got
+    stream.close()
+    assert seen == ids and in_place == len(ids) == 10  # 10 batches through 7 slots
+
+
+def test_a_slot_something_still_reads_is_never_given_out() -> None:
+    ring = _Ring(2, 1, (1, 2, 2))
+    view, array = ring.slots[0][:1], ring.slots[1].numpy()
+    assert ring.claim() == -1  # both read: the worker returns fresh memory instead
+    del view
+    assert ring.claim() == 0 and ring.claim() == -1  # 0 is now busy (an item in flight)
+    del array
+    assert ring.claim() == 1
 
 
 def test_array_samples_and_a_stream_started_midway() -> None:

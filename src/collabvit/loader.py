@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from typing import Any
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 
 from . import wire
 from .data import Batch, Preprocessing, Sample, load_image, preprocess
@@ -128,34 +129,90 @@ class _Ring:
 
     A block in fresh shared memory costs a page fault per 4 KiB in the worker and
     again in this process: on a 2-core VM that was a sixth of the workers' time.
-    The slots are reused instead. The DataLoader sends item ``b + prefetch *
-    workers`` only once item ``b`` has been handed back, so with one slot more
-    than that no worker writes the slot of a block that is still being read;
-    ``owner`` checks it.
+    The slots are reused instead. This process chooses each item's slot when the
+    DataLoader asks :class:`_Order` for the item (:meth:`claim`): a slot that no
+    item in flight was given and that no batch, view or array still refers to
+    (:func:`_unshared`). So a batch handed out is never written again while
+    anything can read it; ``owner`` checks that too. With no slot free the worker
+    returns its block in fresh memory, as the DataLoader does by default.
+
+    A block's slot itself becomes its batch (no copy) unless the consumer already
+    holds two slots' batches - a consumer that keeps batches (the sweep) then gets
+    copies, and the slots stay free for the workers - or the batch is to be pinned.
     """
 
     def __init__(self, slots: int, block: int, shape: tuple[int, int, int]) -> None:
-        self.pixels = torch.empty((slots, block, *shape), dtype=torch.uint8).share_memory_()
+        self.slots = [
+            torch.empty((block, *shape), dtype=torch.uint8).share_memory_() for _ in range(slots)
+        ]
         self.owner = torch.full((slots,), -1, dtype=torch.int64).share_memory_()
+        self.busy: set[int] = set()  # this process: slots given to items not yet received
 
-    def put(self, index: int, pixels: list[torch.Tensor]) -> int:
-        """In a worker: item ``index``'s pixels into its slot; returns the slot."""
-        slot = index % len(self.owner)
+    def claim(self) -> int:
+        """In this process: a free slot for the next item, now busy; -1 when none is free."""
+        for slot, pixels in enumerate(self.slots):
+            if slot not in self.busy and _unshared(pixels):
+                self.busy.add(slot)
+                return slot
+        return -1
+
+    def put(self, index: int, slot: int, pixels: list[torch.Tensor]) -> None:
+        """In a worker: item ``index``'s pixels into the slot this process gave it."""
         self.owner[slot] = index
-        torch.stack(pixels, out=self.pixels[slot, : len(pixels)])
-        return slot
+        torch.stack(pixels, out=self.slots[slot][: len(pixels)])
 
     def take(self, block: Block, pin: bool) -> torch.Tensor:
-        """In this process: a copy of ``block``'s pixels (pinned with ``pin``), slot left free."""
-        n = len(block.positions)
-        out = torch.empty((n, *self.pixels.shape[2:]), dtype=torch.uint8, pin_memory=pin)
-        out.copy_(self.pixels[block.slot, :n])
+        """In this process: ``block``'s pixels, in its slot or (pinned with ``pin``) a copy."""
+        self.busy.discard(block.slot)
         if int(self.owner[block.slot]) != block.index:
             raise DataError(
                 f"loader: block {block.index} was overwritten before it was read; "
                 "rerun with --workers 0 and report it"
             )
-        return out
+        pixels = self.slots[block.slot][: len(block.positions)]
+        held = sum(
+            1
+            for slot, other in enumerate(self.slots)
+            if slot != block.slot and slot not in self.busy and not _unshared(other)
+        )
+        if pin:
+            return torch.empty_like(pixels, pin_memory=True).copy_(pixels)
+        return pixels if held < 2 else pixels.clone()
+
+
+def _references(tensor: torch.Tensor) -> tuple[int, int] | None:
+    """Who holds ``tensor``'s memory: (C++ uses of its storage, Python references to the
+    storage object); None where this torch does not say."""
+    use_count = getattr(torch._C, "_storage_Use_Count", None)
+    if use_count is None:
+        return None
+    storage = tensor.untyped_storage()
+    return int(use_count(storage._cdata)), sys.getrefcount(storage)
+
+
+def _unshared(tensor: torch.Tensor) -> bool:
+    """True when only ``tensor`` holds its memory: no view, array or storage of it is alive.
+
+    Compared with a tensor just made, so nothing depends on how torch counts. Where
+    torch does not say, False: no slot is ever reused while it might be read.
+    """
+    counts = _references(tensor)
+    return counts is not None and counts == _references(torch.empty(0))
+
+
+class _Order(Sampler[tuple[int, int]]):
+    """The items in order, each with the ring slot this process gives it (-1: none)."""
+
+    def __init__(self, items: int, ring: _Ring | None) -> None:
+        self.items = items
+        self.ring = ring
+
+    def __len__(self) -> int:
+        return self.items
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for b in range(self.items):
+            yield b, self.ring.claim() if self.ring is not None else -1
 
 
 class _Blocks(Dataset[Block]):
@@ -180,7 +237,8 @@ class _Blocks(Dataset[Block]):
     def __len__(self) -> int:
         return math.ceil(max(0, len(self.samples) - self.offset) / self.block)
 
-    def __getitem__(self, b: int) -> Block:
+    def __getitem__(self, item: tuple[int, int]) -> Block:
+        b, slot = item
         start = self.offset + b * self.block
         end = min(start + self.block, len(self.samples))
         positions, pixels, sizes = [], [], []
@@ -194,8 +252,9 @@ class _Blocks(Dataset[Block]):
                 sizes.append(_file_sizes(px))
         c, h, w = self.prep.input_size
         empty = torch.zeros((0, c, h, w), dtype=torch.uint8)
-        if pixels and self.ring is not None and get_worker_info() is not None:
-            return Block(start, end, positions, empty, sizes, b, self.ring.put(b, pixels))
+        if pixels and slot >= 0 and self.ring is not None and get_worker_info() is not None:
+            self.ring.put(b, slot, pixels)
+            return Block(start, end, positions, empty, sizes, b, slot)
         return Block(start, end, positions, torch.stack(pixels) if pixels else empty, sizes, b)
 
 
@@ -230,12 +289,13 @@ class ImageStream:
         self.workers = workers
         self.file_sizes = file_sizes
         block = max(1, block)
-        self._ring = _Ring(PREFETCH * workers + 1, block, prep.input_size) if workers else None
+        # the items in flight, the two batches the consumer may hold, the one being claimed
+        self._ring = _Ring(PREFETCH * workers + 3, block, prep.input_size) if workers else None
         dataset = _Blocks(samples, prep, start, block, file_sizes, self._ring)
         self._loader = DataLoader(
             dataset,
             batch_size=None,  # an item is already a block
-            shuffle=False,  # dataset order, whatever the number of workers
+            sampler=_Order(len(dataset), self._ring),  # dataset order, whatever the workers
             num_workers=workers,
             collate_fn=_same,
             pin_memory=pin and not workers,  # from the ring, blocks are copied into pinned memory
