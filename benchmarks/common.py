@@ -519,10 +519,13 @@ def write_report(
         "load_end": end.get("load_average"),
         "busy_processes": start.get("busy_processes") or [],
     }
-    kept = {r["name"] for r in rows}
-    runs = [old_run for old_run in old_runs if any(name in kept for name in old_run["items"])] + [
-        run
-    ]
+    # an old run stays listed while a row it measured last is still in the report
+    fresh_names = set(run["items"])
+    supplied: set[int] = set()
+    for name in {r["name"] for r in rows} - fresh_names:
+        last = [i for i, old_run in enumerate(old_runs) if name in old_run["items"]]
+        supplied.update(last[-1:])
+    runs = [old_run for i, old_run in enumerate(old_runs) if i in supplied] + [run]
     report = {
         "schema": SCHEMA,
         "generated": start["time"],

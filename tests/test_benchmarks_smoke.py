@@ -138,6 +138,10 @@ def test_only_merges_into_the_existing_report(
     assert [r["name"] for r in report["results"]] == ["edge", "bytes"]
     assert [run["items"] for run in report["runs"]] == [["edge"], ["bytes"]]
     assert "Rows come from 2 runs" in out.read_text()
+    # edge again: its first run supplies no row any more and leaves the list
+    assert main([*common, "--only", "edge"], sizes) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert [run["items"] for run in report["runs"]] == [["bytes"], ["edge"]]
 
 
 def test_unknown_item_is_refused(tmp_path: Path) -> None:
