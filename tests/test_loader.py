@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,7 +13,14 @@ import torch
 from collabvit import wire
 from collabvit.data import Preprocessing, Sample, array_samples, iter_batches
 from collabvit.errors import ConfigError
-from collabvit.loader import FILE_SIZES, ImageStream, _Ring, next_batch, resolve_workers
+from collabvit.loader import (
+    FILE_SIZES,
+    ImageStream,
+    _Ring,
+    check_shared_memory,
+    next_batch,
+    resolve_workers,
+)
 from collabvit.loader import iter_batches as loader_batches
 from collabvit.sweep.pixels import PixelStore
 from collabvit.sweep.server_pass import raw_message_bytes
@@ -154,3 +162,16 @@ def test_pixel_store_spills_past_its_budget(tmp_path: Path) -> None:
     store.put(2, b)
     store.close()
     assert not list(tmp_path.rglob("*.npy"))
+
+
+def test_workers_whose_slots_do_not_fit_in_shared_memory_are_one_line(tmp_path: Path) -> None:
+    """A container's small /dev/shm is refused before any worker starts, not as a bus error."""
+    st = os.statvfs(tmp_path)
+    free = st.f_bavail * st.f_frsize
+    check_shared_memory(min(free // 2, 2**20), 2, str(tmp_path))  # fits: no error
+    with pytest.raises(ConfigError) as err:
+        check_shared_memory(free + 2**30, 3, str(tmp_path))
+    msg = str(err.value)
+    assert "\n" not in msg and "--workers 3 needs" in msg and str(tmp_path) in msg
+    assert "--shm-size" in msg
+    check_shared_memory(2**60, 2, str(tmp_path / "absent"))  # no such filesystem: not checked

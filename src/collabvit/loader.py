@@ -41,9 +41,11 @@ __all__ = [
     "BLOCK",
     "FILE_SIZES",
     "MAX_AUTO_WORKERS",
+    "SHM_DIR",
     "Block",
     "ImageStream",
     "LoadedBatch",
+    "check_shared_memory",
     "default_workers",
     "iter_batches",
     "next_batch",
@@ -56,6 +58,7 @@ FILE_SIZES = (("jpeg_q90", "jpeg"), ("png", "png"))  # whole-crop uploads: name,
 MAX_AUTO_WORKERS = 8
 BLOCK = 64  # images per loader item: a whole batch, handed on without being copied again
 PREFETCH = 2  # loader items each worker may hold ahead (the DataLoader's prefetch_factor)
+SHM_DIR = "/dev/shm"  # where torch's shared tensors live on Linux (a container's is often 64 MiB)
 
 
 def default_workers() -> int:
@@ -77,6 +80,28 @@ def resolve_workers(workers: int | None, num_samples: int, batch_size: int) -> i
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ConfigError(f"--workers must be an integer >= 0, not {workers!r}")
     return workers
+
+
+def check_shared_memory(nbytes: int, workers: int, where: str = SHM_DIR) -> None:
+    """Refuse, in one line, ``workers`` whose slots (``nbytes``) do not fit in ``where``.
+
+    Without this a full ``/dev/shm`` (Docker gives 64 MiB) shows up as a bus
+    error in a worker, or a "No space left on device" traceback, mid-run. A
+    platform without ``where`` (not Linux) is not checked.
+    """
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        mib = 2**20
+        raise ConfigError(
+            f"--workers {workers} needs {math.ceil(nbytes / mib)} MiB of shared memory for "
+            f"its image slots and {where} has {free // mib} MiB free: pass fewer --workers "
+            "(0 decodes in this process) or a smaller --batch-size, or give the container "
+            "more (docker run --shm-size=1g)"
+        )
 
 
 def decode(sample: Sample, prep: Preprocessing) -> torch.Tensor | None:
@@ -290,7 +315,10 @@ class ImageStream:
         self.file_sizes = file_sizes
         block = max(1, block)
         # the items in flight, the two batches the consumer may hold, the one being claimed
-        self._ring = _Ring(PREFETCH * workers + 3, block, prep.input_size) if workers else None
+        slots = PREFETCH * workers + 3
+        if workers:
+            check_shared_memory(slots * block * math.prod(prep.input_size), workers)
+        self._ring = _Ring(slots, block, prep.input_size) if workers else None
         dataset = _Blocks(samples, prep, start, block, file_sizes, self._ring)
         self._loader = DataLoader(
             dataset,
