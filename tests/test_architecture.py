@@ -37,7 +37,8 @@ ALLOWED: dict[str, set[str]] = {
     "calibration": {"metrics", "cost", "_arrays"},
     "models": {"attention", "cost", "data"},
     "pipeline": {"models", "attention", "selection", "gating", "data", "_arrays"},
-    "loader": {"data", "wire"},  # the torch DataLoader over data's samples
+    "workers": set(),  # how many loader processes fit: cores, shared memory
+    "loader": {"data", "wire", "workers"},  # the torch DataLoader over data's samples
     "engine": {"pipeline", "metrics", "data", "loader", "wire", "models"},
     "sweep": {
         "loader",
@@ -85,6 +86,7 @@ FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
     "pipeline": {"timm"},
     "engine": {"timm"},
     "loader": {"timm"},
+    "workers": {"torch", "timm", "torchvision"},
     "sweep": {"timm"},
     "server": {"timm"},
     "client": {"timm"},

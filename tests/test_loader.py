@@ -13,17 +13,11 @@ import torch
 from collabvit import wire
 from collabvit.data import Preprocessing, Sample, array_samples, iter_batches
 from collabvit.errors import ConfigError
-from collabvit.loader import (
-    FILE_SIZES,
-    ImageStream,
-    _Ring,
-    check_shared_memory,
-    next_batch,
-    resolve_workers,
-)
+from collabvit.loader import FILE_SIZES, ImageStream, _Ring, next_batch
 from collabvit.loader import iter_batches as loader_batches
 from collabvit.sweep.pixels import PixelStore
 from collabvit.sweep.server_pass import raw_message_bytes
+from collabvit.workers import check_shared_memory, resolve_workers
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
