@@ -39,9 +39,10 @@ ALLOWED: dict[str, set[str]] = {
     "pipeline": {"models", "attention", "selection", "gating", "data", "_arrays"},
     "workers": set(),  # how many loader processes fit: cores, shared memory
     "loader": {"data", "wire", "workers"},  # the torch DataLoader over data's samples
-    "engine": {"pipeline", "metrics", "data", "loader", "wire", "models"},
+    "engine": {"pipeline", "metrics", "data", "loader", "workers", "wire", "models"},
     "sweep": {
         "loader",
+        "workers",
         "calibration",
         "pipeline",
         "models",

@@ -25,7 +25,7 @@ import torch
 from . import wire
 from .data import Sample
 from .errors import DataError, WireError
-from .loader import iter_batches, resolve_workers
+from .loader import iter_batches
 from .metrics import (
     RECORD_FIELDS,
     ImageRecord,
@@ -42,6 +42,7 @@ from .pipeline import (
     classify_on_server,
     decide_on_edge,
 )
+from .workers import resolve_workers
 
 __all__ = [
     "RECORD_FIELDS",

@@ -35,27 +35,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler, get_worker_info
 from . import wire
 from .data import Batch, Preprocessing, Sample, load_image, preprocess
 from .errors import DataError, WireError
-from .workers import (
-    MAX_AUTO_WORKERS,
-    SHM_DIR,
-    check_shared_memory,
-    default_workers,
-    resolve_workers,
-)
+from .workers import check_shared_memory
 
 __all__ = [
     "BLOCK",
     "FILE_SIZES",
-    "MAX_AUTO_WORKERS",
-    "SHM_DIR",
     "Block",
     "ImageStream",
     "LoadedBatch",
-    "check_shared_memory",
-    "default_workers",
     "iter_batches",
     "next_batch",
-    "resolve_workers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -276,10 +265,11 @@ class ImageStream:
         self.file_sizes = file_sizes
         block = max(1, block)
         # the items in flight, the two batches the consumer may hold, the one being claimed
-        slots = PREFETCH * workers + 3
+        self._ring: _Ring | None = None
         if workers:
+            slots = PREFETCH * workers + 3
             check_shared_memory(slots * block * math.prod(prep.input_size), workers)
-        self._ring = _Ring(slots, block, prep.input_size) if workers else None
+            self._ring = _Ring(slots, block, prep.input_size)
         dataset = _Blocks(samples, prep, start, block, file_sizes, self._ring)
         self._loader = DataLoader(
             dataset,

@@ -104,9 +104,9 @@ def sweep_progress(stack: ExitStack) -> Callable[[str, int, int], None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..loader import resolve_workers
     from ..report import describe_point, write_outputs
     from ..sweep import SweepGrid, run_sweep
+    from ..workers import resolve_workers
     from ._outputs import check_outputs
 
     cache = None if args.no_cache else (args.cache or Path(args.out) / "cache")

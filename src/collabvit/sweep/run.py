@@ -22,11 +22,11 @@ from .. import wire
 from ..data import Sample
 from ..errors import ConfigError, DataError
 from ..gating import get_measure
-from ..loader import resolve_workers
 from ..metrics import ImageRecord, accuracy, make_record
 from ..models import LoadedModel
 from ..pipeline import OperatingPoint, check_pair
 from ..selection import get_rule
+from ..workers import resolve_workers
 from .cache import Cache, cache_identity
 from .context import ProgressFn, SweepContext, SweepStats
 from .edge_pass import EdgeData, run_edge_pass
