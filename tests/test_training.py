@@ -136,7 +136,13 @@ def test_server_trains_on_the_edge_attention_subsets(tmp_path: Path) -> None:
     )
     plain = train(replace(cfg, select_with=None), tmp_path / "plain", data, epochs=1)
     selected = train(cfg, tmp_path / "selected", data, epochs=1)
-    assert selected["training"]["history"][0]["select_with"] == "fmnist-tiny"
+    epoch = selected["training"]["history"][0]
+    assert (epoch["select_with"], epoch["select_delta"], epoch["select_share"]) == (
+        "fmnist-tiny",
+        [0.8, 0.95],
+        1.0,
+    )
+    assert plain["training"]["history"][0]["select_delta"] is None
     # the same seed and data: only the inputs the model saw differ
     assert selected["training"]["history"][0]["loss"] != plain["training"]["history"][0]["loss"]
 

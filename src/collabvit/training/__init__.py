@@ -187,6 +187,8 @@ def _train(
                 "planned_epochs": epochs,
                 "patch_drop": cfg.patch_drop,
                 "select_with": cfg.select_with,
+                "select_delta": list(cfg.select_delta) if cfg.select_with else None,
+                "select_share": cfg.select_share if cfg.select_with else None,
                 "wall_s": round(epoch_s, 1),
             },
             epoch_s,
