@@ -124,7 +124,7 @@ TRAIN_CONFIGS: dict[str, TrainConfig] = {
     ),
     # The server: 0.68M parameters (5.7x), taught to answer from subsets as fmnist-base,
     # on tighter selections (delta_sum down to 0.8, 60 % of the steps): a garment on a
-    # cluttered canvas is held in ~20 of the 49 patches. (The shipped server's first 50
+    # cluttered canvas is held in ~24 of the 49 patches at 0.9. (The shipped server's first 50
     # epochs drew delta_sum from [0.9, 1.0] on half the steps; its JSON history records
     # each epoch's settings; docs/model-card.md.)
     "cfmnist-base": TrainConfig(
