@@ -11,6 +11,7 @@ from collabvit.attention import (
     SCORES,
     cls_attention,
     get_score,
+    local_mean_score,
     mean_attention_score,
     renormalise,
     rollout_scores,
@@ -36,11 +37,12 @@ def test_mean_attention_score_eq10_drops_prefix_and_renormalises() -> None:
 
 
 def test_scores_table_entries_name_themselves_and_lookup_lists_names() -> None:
-    assert set(SCORES) == {"mean", "rollout", "rollout-standard"}
+    assert set(SCORES) == {"mean", "mean-local", "rollout", "rollout-standard"}
     for name, entry in SCORES.items():
         assert entry.name == name and entry.label
     assert not SCORES["mean"].every_block and SCORES["rollout"].every_block
-    with pytest.raises(ConfigError, match="mean, rollout, rollout-standard"):
+    assert not SCORES["mean-local"].every_block
+    with pytest.raises(ConfigError, match="mean, mean-local, rollout, rollout-standard"):
         get_score("max")
 
 
@@ -83,3 +85,31 @@ def test_rollout_by_hand() -> None:
     )
     with pytest.raises(ConfigError):
         rollout_scores([one_head], 1, "rollout-mean")
+
+
+def _one_row(patch_scores: list[float]) -> torch.Tensor:
+    """A (1, 1, 1, 1 + N) CLS row: prefix weight 0, the given patch weights."""
+    return torch.tensor([0.0, *patch_scores]).reshape(1, 1, 1, -1)
+
+
+def test_local_mean_score_prefers_a_contiguous_block_to_a_lone_patch() -> None:
+    # 3x3 grid: a 2x2 block at the top left (0, 1, 3, 4) and a lone patch (8) of the
+    # same eq. 10 weight each; the lone patch has no attended neighbour
+    row = _one_row([0.2, 0.2, 0.0, 0.2, 0.2, 0.0, 0.0, 0.0, 0.2])
+    assert torch.allclose(mean_attention_score([row], 1)[0, [0, 8]], torch.tensor(0.2))
+    (got,) = local_mean_score([row], 1)
+    assert torch.isclose(got.sum(), torch.tensor(1.0))
+    # by hand: block patch 0's window (0, 1, 3, 4) averages 0.2; patch 4's window (all 9)
+    # 1.0 / 9; the lone patch 8's window (4, 5, 7, 8) 0.4 / 4
+    # patches 1 and 3: six on-grid neighbours holding 0.8; patch 8: 4 holding 0.4
+    side = 0.2 * 0.8 / 6
+    raw = torch.tensor([0.2 * 0.2, side, 0.0, side, 0.2 / 9, 0.0, 0.0, 0.0, 0.2 * 0.1])
+    raw = raw.sqrt()
+    torch.testing.assert_close(got, raw / raw.sum())
+    assert got[0] > got[8] and got[1] > got[8] and got[4] > got[8]
+    assert got[2] == 0 and got[6] == 0  # unattended patches stay at zero
+
+
+def test_local_mean_score_needs_a_square_grid() -> None:
+    with pytest.raises(ConfigError, match="square patch grid, got 6 patches"):
+        local_mean_score([_one_row([1.0] * 6)], 1)

@@ -13,6 +13,11 @@ Functions of attention tensors only; reading q and k out of a model is
   ``A_L ... A_1`` per head, heads averaged after the product) and
   ``rollout-standard`` (heads averaged first, ``0.5 A + 0.5 I``, then the
   product). Both end with the same CLS-row slice and renormalisation.
+- :func:`local_mean_score` (``mean-local``, ours, not the paper's): eq. 10's
+  score of each patch times the mean of its 3x3 neighbourhood, square-rooted
+  and renormalised. A patch the class token attends to keeps its weight when
+  its neighbours are attended too (an object is contiguous) and loses it when
+  it stands alone (a fragment of clutter); docs/cluttered-fmnist.md measures it.
 
 :data:`SCORES` is the table of patch scores: the CLI, the sweep and the figures
 take their choices from it. Adding a score is one function and one entry.
@@ -20,6 +25,7 @@ take their choices from it. Adding a score is one function and one entry.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +37,7 @@ __all__ = [
     "Score",
     "cls_attention",
     "get_score",
+    "local_mean_score",
     "mean_attention_score",
     "renormalise",
     "rollout_scores",
@@ -72,6 +79,40 @@ def mean_attention_score(cls_rows: Sequence[Tensor], num_prefix: int) -> Tensor:
     """
     (row,) = cls_rows
     return renormalise(row[:, :, 0].mean(dim=1)[:, num_prefix:])
+
+
+def local_mean_score(cls_rows: Sequence[Tensor], num_prefix: int) -> Tensor:
+    """Eq. 10's score weighted by its neighbourhood: ``sqrt(s_i * mean_{3x3}(s)_i)``, renormalised.
+
+    The neighbourhood mean is over the patches of the 3x3 window that lie on the
+    (square) grid, so edge and corner patches are not penalised for the border.
+
+    Args:
+        cls_rows: one tensor (B, H, 1, L), the last block's CLS row.
+        num_prefix: prefix tokens to drop.
+
+    Returns:
+        (B, N) patch scores summing to 1.
+
+    Raises:
+        ConfigError: the N patches do not form a square grid.
+    """
+    scores = mean_attention_score(cls_rows, num_prefix)  # eq. 10, (B, N)
+    n = scores.shape[-1]
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ConfigError(f"score mean-local needs a square patch grid, got {n} patches")
+    grid = scores.reshape(-1, side, side)
+    padded = grid.new_zeros((grid.shape[0], side + 2, side + 2))
+    padded[:, 1:-1, 1:-1] = grid
+    on_grid = grid.new_zeros((1, side + 2, side + 2))
+    on_grid[:, 1:-1, 1:-1] = 1.0
+    total, count = grid.new_zeros(grid.shape), grid.new_zeros((1, side, side))
+    for di in range(3):  # the 3x3 window as nine shifted views
+        for dj in range(3):
+            total = total + padded[:, di : di + side, dj : dj + side]
+            count = count + on_grid[:, di : di + side, dj : dj + side]
+    return renormalise((grid * total / count).sqrt().reshape(scores.shape))
 
 
 def _eye_like(a: Tensor) -> Tensor:
@@ -135,6 +176,9 @@ class Score:
 
 SCORES: dict[str, Score] = {
     "mean": Score("mean", mean_attention_score, False, "mean attention (last layer)"),
+    "mean-local": Score(
+        "mean-local", local_mean_score, False, "mean attention x its 3x3 neighbourhood"
+    ),
     "rollout": Score(
         "rollout",
         lambda a, npre: rollout_scores(a, npre, "rollout"),

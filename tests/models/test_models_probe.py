@@ -20,7 +20,7 @@ from collabvit.attention import SCORES
 from collabvit.errors import ConfigError
 from collabvit.models import LoadedModel, forward_with_scores, load_model
 
-ALL_SCORES = ("mean", "rollout", "rollout-standard")
+ALL_SCORES = ("mean", "mean-local", "rollout", "rollout-standard")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +63,17 @@ def _reference_scores(maps: list[torch.Tensor], num_prefix: int) -> dict[str, to
     # Abnar & Zuidema: heads averaged first, 0.5 A + 0.5 I, product
     mixed = [0.5 * a.mean(dim=1) + 0.5 * eye for a in maps]
     standard = _cls_patch_row(reduce(lambda acc, a: a @ acc, mixed[1:], mixed[0]), num_prefix)
-    return {"mean": mean, "rollout": rollout, "rollout-standard": standard}
+    # ours: sqrt(s_i * mean of s over the on-grid 3x3 window), renormalised, by loops
+    side = round(mean.shape[-1] ** 0.5)
+    grid = mean.reshape(-1, side, side)
+    local = torch.zeros_like(grid)
+    for i in range(side):
+        for j in range(side):
+            window = grid[:, max(i - 1, 0) : i + 2, max(j - 1, 0) : j + 2]
+            local[:, i, j] = window.mean(dim=(1, 2))
+    weighted = (grid * local).sqrt().reshape(mean.shape)
+    weighted = weighted / weighted.sum(-1, keepdim=True)
+    return {"mean": mean, "mean-local": weighted, "rollout": rollout, "rollout-standard": standard}
 
 
 @pytest.mark.parametrize(
@@ -94,7 +104,8 @@ def test_fused_probe_equals_explicit_attention(family: str) -> None:
         got = scores[name]
         assert got.shape == (2, loaded.num_patches), name
         torch.testing.assert_close(got.double(), reference[name], rtol=0, atol=1e-5, msg=name)
-        torch.testing.assert_close(got.sum(-1).double(), torch.ones(2, dtype=torch.float64))
+        ones = torch.ones(2, dtype=torch.float64)
+        torch.testing.assert_close(got.sum(-1).double(), ones, rtol=0, atol=1e-6)
         assert bool((got >= 0).all())
 
 
