@@ -126,14 +126,15 @@ def _server_side(
     keep: Any,
     names: Sequence[str] | None,
     compare_server: bool,
+    score: str = "mean",
 ) -> tuple[str, Any, Any]:
     """The server's line (on the kept patches and on the full image) and, for Figs. 5-6,
-    its own mean attention and the same number of patches chosen by it."""
+    its own attention score (the edge's ``score``) and the same number of patches chosen by it."""
     n, k = keep.shape[1], int(keep.sum())
     xs = server.normalise(x.to(server.device))
     out = forward_subset(server, xs, torch.from_numpy(keep).to(server.device))
     s_idx, s_p = _top1(out)
-    full, sc = forward_with_scores(server, xs, ("mean",))
+    full, sc = forward_with_scores(server, xs, (score,))
     f_idx, f_p = _top1(full)
     line = (
         f"server {server.name} on {k}/{n} patches: {_name(names, s_idx)} {100 * s_p:.1f}%"
@@ -141,7 +142,7 @@ def _server_side(
     )
     if not compare_server:
         return line, None, None
-    return line, sc["mean"][0], top_k(sc["mean"], k)[0]
+    return line, sc[score][0], top_k(sc[score], k)[0]
 
 
 @torch.no_grad()
@@ -204,15 +205,15 @@ def visualize_image(
     if server is not None:
         check_pair(edge, server)
         server_line, server_scores, server_keep = _server_side(
-            server, x, keep, names, compare_server
+            server, x, keep, names, compare_server, point.score
         )
     elif compare_server:
         raise ConfigError("--compare-server needs --server")
     title = _title(Path(path).name, point, names, label)
     note = None
-    if server_scores is not None:
-        note = "server selection: the same number of patches by the server's own mean attention"
     score_label = get_score(point.score).label or point.score
+    if server_scores is not None:
+        note = f"server selection: the same number of patches by the server's own {score_label}"
     return render_panel(
         pixels,
         s[0],
