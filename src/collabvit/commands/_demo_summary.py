@@ -24,16 +24,19 @@ def comparisons(
 ) -> dict[str, Any]:
     """What the headline adds to the chosen point (Fig. 8's comparison, coverage, Fig. 14).
 
-    ``selection`` / ``gate_only``: the cheapest point within ``target_drop`` that
-    selects patches / that sends whole images (the most accurate when none is);
+    ``selection`` / ``paper_score`` / ``gate_only``: the cheapest point within
+    ``target_drop`` that selects patches / that selects them by eq. 10's mean
+    score / that sends whole images (the most accurate when none is);
     with ``objects``, ``object_coverage`` of the selection point's kept patches
     and ``semantic_encoder``: edge vs server attention choosing, no gate, per delta_sum.
     """
     server_accuracy = result.server_accuracy
     grid = result.grid_rows()
     sel = best_point([r for r in grid if r.rule != ALL], server_accuracy, target_drop)
+    mean = [r for r in grid if r.rule != ALL and r.score == "mean"]
+    paper = best_point(mean, server_accuracy, target_drop)
     gate = best_point([r for r in grid if r.rule == ALL], server_accuracy, target_drop)
-    out: dict[str, Any] = {"selection": sel, "gate_only": gate}
+    out: dict[str, Any] = {"selection": sel, "paper_score": paper, "gate_only": gate}
     if objects is not None and sel is not None:
         out["object_coverage"] = _coverage(result, sel.row, objects, patch_size)
     if objects is not None:
@@ -90,9 +93,10 @@ def point_json(best: Any) -> dict[str, Any] | None:
 
 
 def jsonable(extra: dict[str, Any]) -> dict[str, Any]:
-    """:func:`comparisons`' output with its two chosen points as :func:`point_json`."""
+    """:func:`comparisons`' output with its chosen points as :func:`point_json`."""
     picks = {
         "selection": point_json(extra["selection"]),
+        "paper_score": point_json(extra["paper_score"]),
         "gate_only": point_json(extra["gate_only"]),
     }
     return extra | picks
