@@ -107,12 +107,12 @@ def local_mean_score(cls_rows: Sequence[Tensor], num_prefix: int) -> Tensor:
     padded[:, 1:-1, 1:-1] = grid
     on_grid = grid.new_zeros((1, side + 2, side + 2))
     on_grid[:, 1:-1, 1:-1] = 1.0
-    total, count = grid.new_zeros(grid.shape), grid.new_zeros((1, side, side))
-    for di in range(3):  # the 3x3 window as nine shifted views
-        for dj in range(3):
-            total = total + padded[:, di : di + side, dj : dj + side]
-            count = count + on_grid[:, di : di + side, dj : dj + side]
-    return renormalise((grid * total / count).sqrt().reshape(scores.shape))
+
+    def window_sum(t: Tensor) -> Tensor:  # (b, side + 2, side + 2) -> (b, side, side)
+        return t.unfold(1, 3, 1).unfold(2, 3, 1).sum(dim=(-2, -1))
+
+    local = window_sum(padded) / window_sum(on_grid)
+    return renormalise((grid * local).sqrt().reshape(scores.shape))
 
 
 def _eye_like(a: Tensor) -> Tensor:

@@ -126,7 +126,7 @@ def _server_side(
     keep: Any,
     names: Sequence[str] | None,
     compare_server: bool,
-    score: str = "mean",
+    score: str,
 ) -> tuple[str, Any, Any]:
     """The server's line (on the kept patches and on the full image) and, for Figs. 5-6,
     its own attention score (the edge's ``score``) and the same number of patches chosen by it."""
@@ -134,7 +134,7 @@ def _server_side(
     xs = server.normalise(x.to(server.device))
     out = forward_subset(server, xs, torch.from_numpy(keep).to(server.device))
     s_idx, s_p = _top1(out)
-    full, sc = forward_with_scores(server, xs, (score,))
+    full, sc = forward_with_scores(server, xs, (score,) if compare_server else ())
     f_idx, f_p = _top1(full)
     line = (
         f"server {server.name} on {k}/{n} patches: {_name(names, s_idx)} {100 * s_p:.1f}%"

@@ -207,7 +207,7 @@ def _print_headline(
     if sel is not None and (best is None or sel.row != best.row):
         close = "" if sel.within_target else _none_within("patch selection", target_drop)
         print(f"  with patch selection: {_describe(sel.row, num_patches)}{close}")
-    paper = extra.get("paper_score")
+    paper = extra["paper_score"]
     if paper is not None and sel is not None and paper.row != sel.row:
         close = "" if paper.within_target else _none_within("the paper's score", target_drop)
         print(f"  with the paper's score (eq. 10): {_describe(paper.row, num_patches)}{close}")
